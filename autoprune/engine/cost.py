@@ -1,0 +1,42 @@
+"""Measured cost of a model: the reference the analytic cost model must equal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .trace import _no_mha_fastpath
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:  # noqa: ANN001
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one.
+_EXTRA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates of one eval-mode forward pass, as ``FlopCounterMode`` counts them / 2.
+
+    nn.MultiheadAttention's fused fast path is switched off so that its
+    projections and attention are counted like any other matmul.
+    """
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
+        with _no_mha_fastpath(), torch.no_grad(), counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once; buffers not counted)."""
+    return sum(p.numel() for p in model.parameters())

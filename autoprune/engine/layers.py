@@ -1,0 +1,137 @@
+"""Per-layer knowledge the op table cannot see: width attributes and output dims.
+
+Each entry is small and keyed by module type, so supporting a new layer type is
+one function. Widths are re-derived from the pruned weights, never guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .axes import Expr
+
+Updater = Callable[[nn.Module], None]
+
+
+def _conv(m: nn.Module) -> None:
+    w = m.weight
+    if m.transposed:
+        m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+    else:
+        m.in_channels, m.out_channels = w.shape[1] * m.groups, w.shape[0]
+
+
+def _linear(m: nn.Module) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+def _bilinear(m: nn.Module) -> None:
+    m.out_features, m.in1_features, m.in2_features = m.weight.shape
+
+
+def _norm(m: nn.Module) -> None:
+    ref = m.weight if m.weight is not None else getattr(m, "running_mean", None)
+    if ref is not None:
+        m.num_features = ref.shape[0]
+
+
+def _layer_norm(m: nn.Module) -> None:
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+def _group_norm(m: nn.Module) -> None:
+    if m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+
+
+def _rms_norm(m: nn.Module) -> None:
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+def _embedding(m: nn.Module) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+def _prelu(m: nn.Module) -> None:
+    m.num_parameters = m.weight.numel()
+
+
+def _mha(m: nn.Module) -> None:
+    if m._qkv_same_embed_dim:
+        m.embed_dim = m.in_proj_weight.shape[1]
+        m.kdim = m.vdim = m.embed_dim
+    else:
+        m.embed_dim = m.q_proj_weight.shape[1]
+        m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
+    m.head_dim = m.embed_dim // m.num_heads
+
+
+UPDATERS: dict[type, Updater] = {
+    nn.modules.conv._ConvNd: _conv,
+    nn.Linear: _linear,
+    nn.Bilinear: _bilinear,
+    nn.modules.batchnorm._NormBase: _norm,
+    nn.LayerNorm: _layer_norm,
+    nn.GroupNorm: _group_norm,
+    nn.RMSNorm: _rms_norm,
+    nn.Embedding: _embedding,
+    nn.PReLU: _prelu,
+    nn.MultiheadAttention: _mha,
+}
+
+
+def updater_for(m: nn.Module) -> Updater | None:
+    for cls in type(m).__mro__:
+        u = UPDATERS.get(cls)
+        if u is not None:
+            return u
+    return None
+
+
+def output_dim(m: nn.Module, param: str) -> int | None:
+    """The dim of ``m.param`` that indexes the layer's output channels (its "filters")."""
+    if isinstance(m, nn.modules.conv._ConvNd) and param == "weight":
+        return 1 if m.transposed else 0
+    if isinstance(m, (nn.Linear, nn.Bilinear)) and param == "weight":
+        return 0
+    if isinstance(m, nn.Embedding) and param == "weight":
+        return 1
+    if isinstance(m, nn.MultiheadAttention) and param in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        return 0
+    return None
+
+
+def is_norm_scale(m: nn.Module, param: str) -> bool:
+    return param == "weight" and isinstance(
+        m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+    )
+
+
+def constraints(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], tracer) -> None:  # noqa: ANN001
+    """Couplings a layer imposes through Python attributes rather than through its ops."""
+    if not isinstance(m, nn.MultiheadAttention):
+        return
+    # F.multi_head_attention_forward checks the query width against embed_dim and
+    # derives head_dim from it, so the projections' inner width equals the input width.
+    pre = f"{name}." if name else ""
+    dims = {k[len(pre):]: v for k, v in param_dims.items() if k.startswith(pre) and "." not in k[len(pre):]}
+    out_w = param_dims.get(f"{pre}out_proj.weight")
+    if m._qkv_same_embed_dim and "in_proj_weight" in dims:
+        d0, d1 = dims["in_proj_weight"]
+        _, inner = tracer.factor(d0, [3, m.in_proj_weight.shape[0] // 3])
+        tracer.unify(inner, d1)
+        e = d1
+    elif "q_proj_weight" in dims:
+        e = dims["q_proj_weight"][1]
+        for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if k in dims:
+                tracer.unify(dims[k][0], e)
+    else:
+        return
+    if out_w is not None:
+        tracer.unify(out_w[0], e)
+        tracer.unify(out_w[1], e)

@@ -1,0 +1,510 @@
+"""PruningSpace: analyse a model once, then apply and cost any number of plans."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from . import layers
+from .axes import Expr, Incompatible, poly_add
+from .ops import FLOP_OPS, RULES
+from .trace import ShapeRecorder, Tracer
+
+Plan = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parameter dimension a group's channels run through."""
+
+    param: str
+    dim: int
+    module: str
+    role: str  # "output" (the layer's filters), "norm" (a norm scale), or "other"
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channels that are removed together.
+
+    ``channels`` is the group's width; ``layers`` the modules whose parameters it
+    runs through; ``macs_per_channel`` / ``params_per_channel`` what removing one
+    channel saves in the unpruned model.
+    """
+
+    name: str
+    channels: int
+    layers: list[str]
+    members: list[Member]
+    macs_per_channel: int = 0
+    params_per_channel: int = 0
+    atom: int = field(default=-1, repr=False)
+
+
+class PruningSpace:
+    """Every way a model's channels can be removed, found by tracing it once.
+
+    Args:
+        model: the trained network. It is never modified.
+        example_inputs: a tensor or a tuple of positional inputs it runs on.
+        exclude: module names (their parameters keep every channel) or group names.
+        round_to: kept channel counts are rounded to multiples of this.
+        verify: build one slightly pruned model and check every op's shape
+            against the prediction; groups that break it are frozen (slower analysis).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        exclude: Iterable[str] = (),
+        round_to: int = 1,
+        verify: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(round_to, int) or round_to < 1:
+            raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+        self.model = model
+        self.example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        self.round_to = round_to
+        self._score_cache: dict[str, dict[int, torch.Tensor]] = {}
+        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+
+        with _preserved(model):
+            model.eval()
+            try:
+                with torch.no_grad():
+                    model(*self.example_inputs)
+            except Exception as err:  # noqa: BLE001 - reported with the original exception
+                raise ValueError(
+                    f"the model fails on example_inputs ({_describe(self.example_inputs)}): "
+                    f"{type(err).__name__}: {err}. Pass inputs the model accepts, as a tensor or a tuple."
+                ) from err
+            tracer = Tracer(model, RULES, FLOP_OPS)
+            out = tracer.run(self.example_inputs, record=True)
+            self._output_shapes = [tuple(o.shape) for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+            self.trained_mode_traced = False
+            if self._unvisited(tracer):
+                model.train()
+                try:
+                    tracer.run(self.example_inputs, record=False)
+                    self.trained_mode_traced = True
+                except Exception as err:  # noqa: BLE001
+                    warnings.warn(f"autoprune: train-mode trace failed ({err}); only eval-mode branches were analysed")
+        self._tracer = tracer
+        self.axes = tracer.axes
+        self._param_dims = tracer.param_dims
+        self._ops = tracer.ops
+        self._bindings = tracer.bindings
+        for name, m in model.named_modules():
+            if name in tracer.visited or not name:
+                try:
+                    layers.constraints(m, name, tracer.param_dims, tracer)
+                except Incompatible:
+                    self._freeze_module(name)
+        unvisited = self._unvisited(tracer)
+        if unvisited:
+            warnings.warn(
+                "autoprune: these modules with parameters never ran on example_inputs, so channels "
+                f"feeding them cannot be analysed and they are left unpruned: {', '.join(unvisited[:8])}"
+                + (" ..." if len(unvisited) > 8 else "")
+            )
+        module_excludes, group_excludes = self._split_exclude(exclude)
+        for name in module_excludes:
+            self._freeze_module(name)
+        self._build_groups()
+        for name in group_excludes:
+            self.axes.freeze((self._by_name[name].atom,))
+        self._build_groups()
+        self._warn_unknown()
+        if verify:
+            self._verify()
+            self._build_groups()
+        self._build_costs()
+
+    # -- analysis ------------------------------------------------------------------------
+    def _unvisited(self, tracer: Tracer) -> list[str]:
+        used = set(tracer.param_dims)
+        out = []
+        for name, m in self.model.named_modules():
+            own = [f"{name}.{k}" if name else k for k, p in m.named_parameters(recurse=False)]
+            if own and name not in tracer.visited and not used.intersection(own):
+                out.append(name)
+        return out
+
+    def _freeze_module(self, name: str) -> None:
+        prefix = f"{name}."
+        for p, dims in self._param_dims.items():
+            if p.startswith(prefix) or not name:
+                for e in dims:
+                    self.axes.freeze(e)
+
+    def _split_exclude(self, exclude: list[str]) -> tuple[list[str], list[str]]:
+        modules = dict(self.model.named_modules())
+        self._build_groups()
+        mods, groups = [], []
+        for name in exclude:
+            if name in modules:
+                mods.append(name)
+            elif name in self._by_name:
+                groups.append(name)
+            else:
+                close = difflib.get_close_matches(name, [*modules, *self._by_name], n=3)
+                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ValueError(f"exclude names {name!r}, which is neither a module nor a channel group.{hint}")
+        return mods, groups
+
+    def _build_groups(self) -> None:
+        modules = dict(self.model.named_modules())
+        members: dict[int, list[Member]] = {}
+        whole: dict[int, bool] = {}
+        for pname, dims in self._param_dims.items():
+            mod, _, attr = pname.rpartition(".")
+            m = modules.get(mod)
+            out_dim = layers.output_dim(m, attr) if m is not None else None
+            for k, e in enumerate(dims):
+                atoms = self.axes.atoms(e)
+                for a in atoms:
+                    n = self.axes._nodes[a]
+                    if n.frozen or n.size < 2:
+                        continue
+                    role = "output" if k == out_dim else "norm" if m is not None and layers.is_norm_scale(m, attr) else "other"
+                    lst = members.setdefault(a, [])
+                    if all(x.param != pname or x.dim != k for x in lst):
+                        lst.append(Member(pname, k, mod, role))
+                    whole.setdefault(a, len(atoms) == 1 and len(e) == 1)
+        names_by_expr = {}
+        for b in self._bindings.values():
+            if len(b.exprs) == 1 and len(b.exprs[0]) == 1:
+                names_by_expr.setdefault(self.axes.find(b.exprs[0][0]), f"{b.module}.{b.attr}" if b.module else b.attr)
+        groups: list[ChannelGroup] = []
+        used: set[str] = set()
+        for a, mem in members.items():
+            producers = [x for x in mem if x.role == "output"] or mem
+            first = producers[0]
+            name = first.module or first.param
+            e = self._param_dims[first.param][first.dim]
+            if not (len(e) == 1 and self.axes.find(e[0]) == a):
+                # Part of a wider dim (heads, groups, a concatenated range).
+                name = names_by_expr.get(a) or name + _suffix(self.axes, e, a)
+            base, k = name, 2
+            while name in used:
+                name, k = f"{base}~{k}", k + 1
+            used.add(name)
+            layer_names = list(dict.fromkeys(x.module for x in mem))
+            groups.append(ChannelGroup(name, self.axes._nodes[a].size, layer_names, mem, atom=a))
+        self.groups: list[ChannelGroup] = groups
+        self._by_name = {g.name: g for g in groups}
+        self._index = {g.name: i for i, g in enumerate(groups)}
+
+    def _warn_unknown(self) -> None:
+        modules = dict(self.model.named_modules())
+        atom_layers: dict[int, set[str]] = {}
+        for pname, dims in self._param_dims.items():
+            for e in dims:
+                for a in self.axes.atoms(e):
+                    atom_layers.setdefault(a, set()).add(pname.rpartition(".")[0])
+        for op, exprs in self._tracer.unknown.items():
+            hit: set[str] = set()
+            for e in exprs:
+                for a in self.axes.atoms(e):
+                    hit |= atom_layers.get(a, set())
+            if hit:
+                shown = sorted(h for h in hit if h in modules)
+                warnings.warn(
+                    f"autoprune does not know how aten.{op} maps channels; channels flowing through it are "
+                    f"frozen (not pruned) in layers: {', '.join(shown[:10])}" + (" ..." if len(shown) > 10 else "")
+                )
+
+    def _build_costs(self) -> None:
+        var = {g.atom: i for i, g in enumerate(self.groups)}
+        macs: dict[tuple[int, ...], int] = {}
+        for coef, exprs in self._tracer.macs:
+            poly = {(): coef}
+            for e in exprs:
+                from .axes import poly_mul
+
+                poly = poly_mul(poly, self.axes.polynomial(e, var))
+            poly_add(macs, poly)
+        params: dict[tuple[int, ...], int] = {}
+        seen = set()
+        for pname, p in self.model.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            dims = self._param_dims.get(pname)
+            if dims is None:
+                poly_add(params, {(): p.numel()})
+                continue
+            from .axes import poly_mul
+
+            poly = {(): 1}
+            for e in dims:
+                poly = poly_mul(poly, self.axes.polynomial(e, var))
+            poly_add(params, poly)
+        self._macs_poly = _Compiled(macs, len(self.groups))
+        self._params_poly = _Compiled(params, len(self.groups))
+        full = np.array([g.channels for g in self.groups], dtype=np.int64)
+        self._full = full
+        dm, dp = self._macs_poly.gradient(full), self._params_poly.gradient(full)
+        for i, g in enumerate(self.groups):
+            g.macs_per_channel, g.params_per_channel = int(dm[i]), int(dp[i])
+
+    # -- verification ----------------------------------------------------------------------
+    def _verify(self) -> None:
+        """Prune one channel of every group at once, re-run, and compare every op's shape."""
+        active = [g.atom for g in self.groups]
+        for _ in range(len(active) + 1):
+            fail = self._probe(active)
+            if fail is None:
+                return
+            culprits = [a for a in fail if a in active] if fail else []
+            if not culprits:
+                culprits = [self._bisect(active)]
+            for a in culprits:
+                self.axes.freeze((a,))
+                active.remove(a)
+            if culprits:
+                names = [g.name for g in self.groups if g.atom in culprits]
+                warnings.warn(
+                    "autoprune: pruning these groups changes the model in ways its code does not follow "
+                    f"(a hard-coded width?); they are frozen: {', '.join(names[:10])}"
+                )
+
+    def _bisect(self, active: list[int]) -> int:
+        cand = list(active)
+        while len(cand) > 1:
+            half = cand[: len(cand) // 2]
+            cand = half if self._probe(half) is not None else cand[len(cand) // 2 :]
+        return cand[0]
+
+    def _probe(self, atoms: list[int]) -> list[int] | None:
+        """None if the model pruned by one channel in each of ``atoms`` behaves as predicted."""
+        counts = {a: self.axes._nodes[a].size - 1 for a in atoms}
+        keep = {a: torch.arange(n) for a, n in counts.items()}
+        try:
+            pruned = self._build(keep)
+            rec = ShapeRecorder()
+            pruned.eval()
+            rec.run(pruned, self.example_inputs)
+            if self.trained_mode_traced:
+                pruned.train()
+                with torch.no_grad():
+                    pruned(*self.example_inputs)
+        except Exception:  # noqa: BLE001 - any failure means "not as predicted"
+            return []
+        if len(rec.ops) < len(self._ops) and not any(o.value_dependent for o in self._ops):
+            return []
+        for op, (name, shapes) in zip(self._ops, rec.ops):
+            if op.name != name or len(shapes) != len(op.shapes):
+                return []
+            for dims, shape in zip(op.outputs, shapes):
+                want = tuple(self._kept_size(e, counts) for e in dims)
+                if want != shape:
+                    bad = [a for e, w, s in zip(dims, want, shape) if w != s for a in self.axes.atoms(e)]
+                    return bad
+            if op.value_dependent:
+                break
+        return None
+
+    def _kept_size(self, e: Expr, counts: dict[int, int]) -> int:
+        size = 1
+        for a in e:
+            size *= self._axis_count(self.axes.find(a), counts)
+        return size
+
+    def _axis_count(self, r: int, counts: dict[int, int]) -> int:
+        n = self.axes._nodes[r]
+        if n.kind == 0:
+            return counts.get(r, n.size)
+        vals = [self._axis_count(self.axes.find(c), counts) for c in n.children]
+        return math.prod(vals) if n.kind == 1 else sum(vals)
+
+    # -- plans -------------------------------------------------------------------------------
+    def _counts(self, plan: Plan) -> np.ndarray:
+        if not isinstance(plan, Mapping):
+            raise TypeError(f"a plan maps group names to sparsities, got {type(plan).__name__}")
+        s = np.zeros(len(self.groups))
+        index = self._index
+        for name, v in plan.items():
+            i = index.get(name)
+            if i is None:
+                close = difflib.get_close_matches(str(name), list(index), n=3)
+                hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
+                raise KeyError(f"plan names unknown group {name!r}.{hint} See space.groups for the names.")
+            s[i] = v
+        if not np.all((s >= 0) & (s < 1)):
+            bad = [(n, v) for n, v in plan.items() if not 0 <= v < 1]
+            raise ValueError(
+                f"sparsity must be in [0, 1) (the fraction of channels removed); got {bad[0][1]!r} for {bad[0][0]!r}"
+            )
+        full = self._full
+        r = self.round_to
+        keep = np.floor(full * (1.0 - s) / r + 0.5).astype(np.int64) * r
+        keep = np.clip(keep, np.minimum(r, full), full)
+        keep[s == 0] = full[s == 0]
+        return keep
+
+    def kept_channels(self, plan: Plan) -> dict[str, int]:
+        """Channels each group keeps under ``plan`` (after rounding to ``round_to``)."""
+        return {g.name: int(k) for g, k in zip(self.groups, self._counts(plan))}
+
+    def macs(self, plan: Plan) -> int:
+        """MACs of the pruned model on ``example_inputs`` — analytic, no model built."""
+        return self._macs_poly(self._counts(plan))
+
+    def params(self, plan: Plan) -> int:
+        """Parameter count of the pruned model — analytic, no model built."""
+        return self._params_poly(self._counts(plan))
+
+    def apply(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> nn.Module:
+        """A new model with the channels ``plan`` asks for physically removed.
+
+        Each group keeps its highest-scoring channels under ``criterion`` (a name
+        from :data:`autoprune.engine.criteria.CRITERIA`, a criterion object, or a
+        precomputed ``{group name: scores}`` mapping). Data-driven criteria take
+        ``calibration``: an iterable of batches (``inputs`` or ``(inputs, targets)``).
+        """
+        counts = self._counts(plan)
+        pruned = [(g, int(k)) for g, k in zip(self.groups, counts) if k < g.channels]
+        keep: dict[int, torch.Tensor] = {}
+        if pruned:
+            scores = self.scores(criterion, calibration, [g for g, _ in pruned])
+            for g, k in pruned:
+                top = torch.topk(scores[g.name], k, sorted=False).indices
+                keep[g.atom] = torch.sort(top).values
+        return self._build(keep)
+
+    def scores(self, criterion: Any = "l1", calibration: Any = None, groups: Sequence[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of each group (higher is kept first)."""
+        from .criteria import get_criterion
+
+        groups = list(self.groups if groups is None else groups)
+        if isinstance(criterion, Mapping):
+            missing = [g.name for g in groups if g.name not in criterion]
+            if missing:
+                raise KeyError(f"precomputed scores lack groups: {missing[:5]}")
+            return {g.name: torch.as_tensor(criterion[g.name], dtype=torch.float64) for g in groups}
+        crit = get_criterion(criterion)
+        cache = None if crit.needs_data else self._score_cache.setdefault(crit.cache_key, {})
+        if cache is not None and all(g.atom in cache for g in groups):
+            return {g.name: cache[g.atom] for g in groups}
+        if crit.needs_data and calibration is None:
+            raise ValueError(f"criterion {crit.name!r} needs calibration batches: apply(..., calibration=loader)")
+        got = crit.scores(self, groups, calibration)
+        if cache is not None:
+            cache.update({g.atom: got[g.name] for g in groups})
+        return got
+
+    # -- building ----------------------------------------------------------------------------
+    def _build(self, keep: dict[int, torch.Tensor]) -> nn.Module:
+        cache: dict[int, torch.Tensor] = {}
+        memo: dict[int, Any] = {}
+        named = dict(self.model.named_parameters(remove_duplicate=False))
+        named.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        with torch.no_grad():
+            for pname, dims in self._param_dims.items():
+                t = named[pname]
+                new = t
+                for k, e in enumerate(dims):
+                    if not any(a in keep for a in self.axes.atoms(e)):
+                        continue
+                    idx = self.axes.kept_index(e, keep, cache)
+                    if idx.numel() != t.shape[k]:
+                        new = new.index_select(k, idx)
+                if new is t:
+                    new = t.clone()
+                if isinstance(t, nn.Parameter):
+                    new = nn.Parameter(new, requires_grad=t.requires_grad)
+                memo[id(t)] = new
+        model = copy.deepcopy(self.model, memo)
+        modules = dict(model.named_modules())
+        counts_cache: dict[int, int] = {}
+        counts = {a: int(v.numel()) for a, v in keep.items()}
+        for b in self._bindings.values():
+            m = modules.get(b.module)
+            if m is None:
+                continue
+            sizes = [self._kept_size(e, counts) for e in b.exprs]
+            setattr(m, b.attr, tuple(sizes) if b.as_tuple else sizes[0])
+        del counts_cache
+        for m in modules.values():
+            u = layers.updater_for(m)
+            if u is not None:
+                u(m)
+        return model
+
+
+class _Compiled:
+    """A polynomial in the groups' kept counts, evaluated with numpy in a few microseconds."""
+
+    def __init__(self, poly: dict[tuple[int, ...], int], n_vars: int) -> None:
+        terms = [(k, v) for k, v in poly.items() if v]
+        width = max((len(k) for k, _ in terms), default=0)
+        self.idx = np.full((len(terms), max(width, 1)), n_vars, dtype=np.int64)
+        for i, (k, _) in enumerate(terms):
+            self.idx[i, : len(k)] = k
+        self.coef = np.array([v for _, v in terms], dtype=np.int64)
+        self.n = n_vars
+
+    def __call__(self, counts: np.ndarray) -> int:
+        full = np.append(counts, 1)
+        return int((full[self.idx].prod(axis=1) * self.coef).sum())
+
+    def gradient(self, counts: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.int64)
+        full = np.append(counts, 1)
+        for i in range(self.n):
+            mask = (self.idx == i).any(axis=1)
+            if not mask.any():
+                continue
+            minus = full.copy()
+            minus[i] -= 1
+            rows = self.idx[mask]
+            out[i] = int(((full[rows].prod(axis=1) - minus[rows].prod(axis=1)) * self.coef[mask]).sum())
+        return out
+
+
+def _suffix(axes: Any, e: Expr, atom: int) -> str:
+    """Where ``atom`` sits inside a dim: a channel range, or a factor position."""
+    c = axes.coords(e)[atom]
+    where = torch.nonzero(c >= 0).flatten()
+    lo, hi = int(where[0]), int(where[-1]) + 1
+    if hi - lo == where.numel() and hi - lo < c.numel():
+        return f"[{lo}:{hi}]"
+    pos = [axes.find(x) for x in axes.leaves(e)]
+    return f"#{pos.index(atom)}" if atom in pos else f"#{atom}"
+
+
+def _describe(inputs: tuple) -> str:
+    return ", ".join(f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+
+
+class _preserved:
+    """Restore training flags, buffers and parameters' grads after analysis runs the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
