@@ -114,6 +114,7 @@ def is_norm_scale(m: nn.Module, param: str) -> bool:
 def constraints(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], tracer) -> None:  # noqa: ANN001
     """Couplings a layer imposes through Python attributes rather than through its ops."""
     if not isinstance(m, nn.MultiheadAttention):
+        _fused_qkv_attention(m, name, param_dims, tracer)
         return
     # F.multi_head_attention_forward checks the query width against embed_dim and
     # derives head_dim from it, so the projections' inner width equals the input width.
@@ -135,3 +136,25 @@ def constraints(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], trac
     if out_w is not None:
         tracer.unify(out_w[0], e)
         tracer.unify(out_w[1], e)
+
+
+def _fused_qkv_attention(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], tracer) -> None:  # noqa: ANN001
+    """Attention blocks with ``qkv = Linear(C, 3C)`` and ``num_heads`` (Swin, timm, many more).
+
+    They reshape the qkv output with ``C // num_heads`` computed from the input
+    width, so the heads' inner width must stay equal to the input width.
+    """
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    if not isinstance(getattr(m, "num_heads", None), int) or not isinstance(qkv, nn.Linear):
+        return
+    if qkv.out_features != 3 * qkv.in_features:
+        return
+    pre = f"{name}." if name else ""
+    w = param_dims.get(f"{pre}qkv.weight")
+    if w is None:
+        return
+    _, inner = tracer.factor(w[0], [3, qkv.in_features])
+    tracer.unify(inner, w[1])
+    pw = param_dims.get(f"{pre}proj.weight")
+    if isinstance(proj, nn.Linear) and pw is not None and proj.in_features == qkv.in_features:
+        tracer.unify(pw[1], w[1])

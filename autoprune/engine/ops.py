@@ -373,6 +373,15 @@ def split(t: Tracer, func, args, kwargs, outs, out) -> None:
     pieces = t.axes.ranges(d[dim], [b for b in bounds if 0 < b < x.shape[dim]])
     if len(pieces) != len(outs):
         raise Incompatible
+    if func.overloadpacket.__name__ in ("split", "unsafe_split") and len(outs) > 1:
+        # chunk / split(x, size): the pruned model recomputes equal piece sizes.
+        if sizes[-1] != sizes[0]:
+            raise Incompatible
+        for p in pieces[1:]:
+            t.unify(pieces[0], p)
+    else:
+        for p, s in zip(pieces, sizes):
+            t.bind_sizes([p], (s,))
     for o, p in zip(outs, pieces):
         t.set(o, d[:dim] + [p] + d[dim + 1 :])
 
@@ -423,6 +432,8 @@ def index(t: Tracer, func, args, kwargs, outs, out) -> None:
     indexed = [i for i, ix in enumerate(indices) if ix is not None]
     for i in indexed:
         t.freeze(d[i])
+        for e in t.dims(indices[i]):
+            t.freeze(e)
         if indices[i].dtype == torch.bool and indices[i].dim() > 1:
             raise Incompatible
     rest = [d[i] for i in range(x.dim()) if i not in indexed]
@@ -467,6 +478,15 @@ def sort(t: Tracer, func, args, kwargs, outs, out) -> None:
     for o in outs:
         if o.dim() == x.dim():
             t.set(o, d[:dim] + [t.fresh(o.shape[dim])] + d[dim + 1 :])
+
+
+@rule("as_strided")
+def as_strided(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """Only the re-striding of a tensor with a single non-trivial dim (a memory-format fix-up) is known."""
+    x = args[0]
+    if tuple(out.shape) != tuple(args[1]) or sum(s > 1 for s in out.shape) > 1 or out is not x and out.shape != x.shape:
+        raise Incompatible
+    t.set(out, list(t.dims(x)))
 
 
 @rule("embedding")

@@ -98,7 +98,7 @@ class PruningSpace:
             if self._unvisited(tracer):
                 model.train()
                 try:
-                    tracer.run(self.example_inputs, record=False)
+                    tracer.run(_doubled(self.example_inputs), record=False)
                     self.trained_mode_traced = True
                 except Exception as err:  # noqa: BLE001
                     warnings.warn(f"autoprune: train-mode trace failed ({err}); only eval-mode branches were analysed")
@@ -263,46 +263,49 @@ class PruningSpace:
 
     # -- verification ----------------------------------------------------------------------
     def _verify(self) -> None:
-        """Prune one channel of every group at once, re-run, and compare every op's shape."""
+        """Prune one channel of every group at once, re-run, and compare every op's shape.
+
+        A group whose pruning breaks the model (a width hard-coded in its Python
+        code, say) is found by bisection and frozen; the rest are verified again.
+        """
         active = [g.atom for g in self.groups]
-        for _ in range(len(active) + 1):
+        culprits: list[int] = []
+        while active:
             fail = self._probe(active)
             if fail is None:
-                return
-            culprits = [a for a in fail if a in active] if fail else []
-            if not culprits:
-                culprits = [self._bisect(active)]
-            for a in culprits:
-                self.axes.freeze((a,))
-                active.remove(a)
-            if culprits:
-                names = [g.name for g in self.groups if g.atom in culprits]
-                warnings.warn(
-                    "autoprune: pruning these groups changes the model in ways its code does not follow "
-                    f"(a hard-coded width?); they are frozen: {', '.join(names[:10])}"
-                )
-
-    def _bisect(self, active: list[int]) -> int:
-        cand = list(active)
-        while len(cand) > 1:
-            half = cand[: len(cand) // 2]
-            cand = half if self._probe(half) is not None else cand[len(cand) // 2 :]
-        return cand[0]
+                break
+            cand = [a for a in active if a in set(fail)] or active
+            while len(cand) > 1:
+                half = cand[: len(cand) // 2]
+                cand = half if self._probe(half) is not None else cand[len(cand) // 2 :]
+            self.axes.freeze((cand[0],))
+            active.remove(cand[0])
+            culprits.append(cand[0])
+        if culprits:
+            names = [g.name for g in self.groups if g.atom in culprits]
+            warnings.warn(
+                "autoprune: pruning these groups breaks the model's own code (a width hard-coded "
+                f"in forward?), so they are frozen: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else "")
+            )
 
     def _probe(self, atoms: list[int]) -> list[int] | None:
         """None if the model pruned by one channel in each of ``atoms`` behaves as predicted."""
         counts = {a: self.axes._nodes[a].size - 1 for a in atoms}
         keep = {a: torch.arange(n) for a, n in counts.items()}
+        rec = ShapeRecorder()
         try:
             pruned = self._build(keep)
-            rec = ShapeRecorder()
             pruned.eval()
             rec.run(pruned, self.example_inputs)
             if self.trained_mode_traced:
                 pruned.train()
                 with torch.no_grad():
-                    pruned(*self.example_inputs)
+                    pruned(*_doubled(self.example_inputs))
         except Exception:  # noqa: BLE001 - any failure means "not as predicted"
+            # Blame the groups in the op that failed, if any; else bisect.
+            if len(rec.ops) < len(self._ops):
+                failed = self._ops[len(rec.ops)]
+                return [a for dims in failed.outputs for e in dims for a in self.axes.atoms(e) if a in counts]
             return []
         if len(rec.ops) < len(self._ops) and not any(o.value_dependent for o in self._ops):
             return []
@@ -477,14 +480,24 @@ class _Compiled:
 
 
 def _suffix(axes: Any, e: Expr, atom: int) -> str:
-    """Where ``atom`` sits inside a dim: a channel range, or a factor position."""
-    c = axes.coords(e)[atom]
-    where = torch.nonzero(c >= 0).flatten()
-    lo, hi = int(where[0]), int(where[-1]) + 1
-    if hi - lo == where.numel() and hi - lo < c.numel():
-        return f"[{lo}:{hi}]"
+    """Where ``atom`` sits inside a dim: a factor position (heads), or its channel range(s)."""
     pos = [axes.find(x) for x in axes.leaves(e)]
-    return f"#{pos.index(atom)}" if atom in pos else f"#{atom}"
+    if atom in pos:
+        return f"#{pos.index(atom)}"
+    c = axes.coords(e)[atom]
+    inside = c >= 0
+    starts = inside & ~torch.cat([torch.tensor([False]), inside[:-1] & (c[1:] == c[:-1] + 1)])
+    first = int(torch.nonzero(starts)[0])
+    last = first + 1
+    while last < c.numel() and inside[last] and not starts[last]:
+        last += 1
+    runs = int(starts.sum())
+    return f"[{first}:{last}]" + (f"+{runs - 1}" if runs > 1 else "")
+
+
+def _doubled(inputs: tuple) -> tuple:
+    """The inputs as a batch of two (train-mode BatchNorm refuses a single value per channel)."""
+    return tuple(torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs)
 
 
 def _describe(inputs: tuple) -> str:

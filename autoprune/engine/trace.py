@@ -97,7 +97,8 @@ class Tracer(TorchDispatchMode):
         if d is not None and len(d) == t.dim():
             return d
         name = self.tensor_names.get(id(t))
-        frozen = name is None
+        # Integer buffers hold indices (positions, token ids), never channels.
+        frozen = name is None or not (t.is_floating_point() or t.is_complex())
         d = [self.axes.new_expr(s, frozen) for s in t.shape]
         if name is not None:
             self.param_dims[name] = d

@@ -62,12 +62,13 @@ def channel_rows(space: "PruningSpace", member: "Member", atom: int, tensor: tor
     part) are gathered the same way.
     """
     e = space._param_dims[member.param][member.dim]
-    coords = space.axes.coords(e)[atom]
     x = tensor.detach().movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
+    if len(e) == 1 and space.axes.find(e[0]) == atom:
+        return x
+    coords = space.axes.coords(e)[atom]
     inside = torch.nonzero(coords >= 0).flatten()
     order = inside[torch.argsort(coords[inside], stable=True)]
-    channels = space.axes.size(atom)
-    return x[order].reshape(channels, -1).to(torch.float64)
+    return x[order].reshape(space.axes.size(atom), -1)
 
 
 def aggregate(
@@ -82,7 +83,7 @@ def aggregate(
     total = torch.zeros(group.channels, dtype=torch.float64)
     for m in members:
         rows = channel_rows(space, m, group.atom, named[m.param])
-        s = per_member(rows)
+        s = per_member(rows).to(torch.float64)
         mean = s.abs().mean()
         total += s / mean if mean > 0 else s
     return total

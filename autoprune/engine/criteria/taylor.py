@@ -45,7 +45,7 @@ class Taylor(Criterion):
                     s = torch.zeros(g.channels, dtype=torch.float64)
                     for m in g.members:
                         if m.param in gw:
-                            s += channel_rows(space, m, g.atom, gw[m.param]).sum(1)
+                            s += channel_rows(space, m, g.atom, gw[m.param]).sum(1).double()
                     totals[g.name] += s.pow(2)
                 n += 1
         finally:

@@ -1,0 +1,56 @@
+"""Checks every engine test applies: the public contract of PruningSpace."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from torch import nn
+
+import autoprune as ap
+
+
+def outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        out = model(*inputs)
+    return [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+
+
+def random_plan(space: ap.PruningSpace, seed: int, high: float = 0.9) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {g.name: rng.uniform(0.0, high) for g in space.groups}
+
+
+def check_contract(model: nn.Module, inputs: Any, plans: list[dict[str, float]] | None = None, *,
+                   train_batch: tuple | None = None, space: ap.PruningSpace | None = None,
+                   **space_kwargs: Any) -> ap.PruningSpace:
+    """Zero plan reproduces the model; every plan runs, keeps the output shape and costs what it measures."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = outputs(model, inputs)
+    space = space if space is not None else ap.PruningSpace(model, inputs, **space_kwargs)
+
+    same = space.apply({})
+    for a, b in zip(outputs(same, inputs), ref):
+        scale = max(1.0, float(b.abs().max()))
+        assert float((a - b).abs().max()) <= 1e-4 * scale
+
+    plans = plans if plans is not None else [{g.name: 0.5 for g in space.groups}, random_plan(space, 0)]
+    for plan in plans:
+        pruned = space.apply(plan)
+        got = outputs(pruned, inputs)
+        assert [o.shape for o in got] == [o.shape for o in ref]
+        assert all(torch.isfinite(o).all() for o in got)
+        assert space.macs(plan) == ap.count_macs(pruned, inputs), plan
+        assert space.params(plan) == ap.count_params(pruned), plan
+        if train_batch is not None:
+            pruned.train()
+            pruned(*train_batch)
+
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state), "the original model's weights changed"
+    for a, b in zip(outputs(model, inputs), ref):
+        assert torch.equal(a, b), "the original model's outputs changed"
+    return space
