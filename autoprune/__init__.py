@@ -1,7 +1,9 @@
 """autoprune: find how far each layer of a trained network can be pruned, then prune it for real."""
 
-from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params
-
 __version__ = "0.1.0"
 
-__all__ = ["PruningSpace", "ChannelGroup", "Criterion", "CRITERIA", "count_macs", "count_params", "__version__"]
+from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params  # noqa: E402
+from .search import STRATEGIES, Budget, Strategy, best_plan, export, load, search  # noqa: E402
+
+__all__ = ["PruningSpace", "ChannelGroup", "Criterion", "CRITERIA", "count_macs", "count_params", "Budget", "search",
+           "best_plan", "export", "load", "STRATEGIES", "Strategy", "__version__"]

@@ -83,16 +83,19 @@ class PruningSpace:
 
         with _preserved(model):
             model.eval()
-            try:
-                with torch.no_grad():
-                    model(*self.example_inputs)
-            except Exception as err:  # noqa: BLE001 - reported with the original exception
-                raise ValueError(
-                    f"the model fails on example_inputs ({_describe(self.example_inputs)}): "
-                    f"{type(err).__name__}: {err}. Pass inputs the model accepts, as a tensor or a tuple."
-                ) from err
             tracer = Tracer(model, RULES, FLOP_OPS)
-            out = tracer.run(self.example_inputs, record=True)
+            try:
+                out = tracer.run(self.example_inputs, record=True)
+            except Exception as err:  # noqa: BLE001 - re-raised below with the model's own error
+                try:
+                    with torch.no_grad():
+                        model(*self.example_inputs)
+                except Exception as own:  # noqa: BLE001
+                    raise ValueError(
+                        f"the model fails on example_inputs ({_describe(self.example_inputs)}): "
+                        f"{type(own).__name__}: {own}. Pass inputs the model accepts, as a tensor or a tuple."
+                    ) from own
+                raise RuntimeError(f"autoprune failed while tracing the model (please report): {err}") from err
             self._output_shapes = [tuple(o.shape) for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
             self.trained_mode_traced = False
             if self._unvisited(tracer):
@@ -379,6 +382,10 @@ class PruningSpace:
         precomputed ``{group name: scores}`` mapping). Data-driven criteria take
         ``calibration``: an iterable of batches (``inputs`` or ``(inputs, targets)``).
         """
+        return self._build(self.keep_indices(plan, criterion, calibration=calibration))
+
+    def keep_indices(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> dict[int, torch.Tensor]:
+        """For each pruned group (by internal id): the sorted indices of the channels it keeps."""
         counts = self._counts(plan)
         pruned = [(g, int(k)) for g, k in zip(self.groups, counts) if k < g.channels]
         keep: dict[int, torch.Tensor] = {}
@@ -387,7 +394,19 @@ class PruningSpace:
             for g, k in pruned:
                 top = torch.topk(scores[g.name], k, sorted=False).indices
                 keep[g.atom] = torch.sort(top).values
-        return self._build(keep)
+        return keep
+
+    def parameter_indices(self, keep: dict[int, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
+        """For every parameter and buffer that shrinks: {dim: kept indices}."""
+        cache: dict[int, torch.Tensor] = {}
+        out: dict[str, dict[int, torch.Tensor]] = {}
+        for pname, dims in self._param_dims.items():
+            for k, e in enumerate(dims):
+                if any(a in keep for a in self.axes.atoms(e)):
+                    idx = self.axes.kept_index(e, keep, cache)
+                    if idx.numel() != self.axes.expr_size(e):
+                        out.setdefault(pname, {})[k] = idx
+        return out
 
     def scores(self, criterion: Any = "l1", calibration: Any = None, groups: Sequence[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
         """Per-channel importance of each group (higher is kept first)."""
@@ -412,41 +431,43 @@ class PruningSpace:
 
     # -- building ----------------------------------------------------------------------------
     def _build(self, keep: dict[int, torch.Tensor]) -> nn.Module:
-        cache: dict[int, torch.Tensor] = {}
-        memo: dict[int, Any] = {}
-        named = dict(self.model.named_parameters(remove_duplicate=False))
-        named.update(dict(self.model.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for pname, dims in self._param_dims.items():
-                t = named[pname]
-                new = t
-                for k, e in enumerate(dims):
-                    if not any(a in keep for a in self.axes.atoms(e)):
-                        continue
-                    idx = self.axes.kept_index(e, keep, cache)
-                    if idx.numel() != t.shape[k]:
-                        new = new.index_select(k, idx)
-                if new is t:
-                    new = t.clone()
-                if isinstance(t, nn.Parameter):
-                    new = nn.Parameter(new, requires_grad=t.requires_grad)
-                memo[id(t)] = new
-        model = copy.deepcopy(self.model, memo)
+        model = shrink(self.model, self.parameter_indices(keep))
         modules = dict(model.named_modules())
-        counts_cache: dict[int, int] = {}
         counts = {a: int(v.numel()) for a, v in keep.items()}
         for b in self._bindings.values():
             m = modules.get(b.module)
-            if m is None:
-                continue
-            sizes = [self._kept_size(e, counts) for e in b.exprs]
-            setattr(m, b.attr, tuple(sizes) if b.as_tuple else sizes[0])
-        del counts_cache
-        for m in modules.values():
-            u = layers.updater_for(m)
-            if u is not None:
-                u(m)
+            if m is not None:
+                sizes = [self._kept_size(e, counts) for e in b.exprs]
+                setattr(m, b.attr, tuple(sizes) if b.as_tuple else sizes[0])
+        update_widths(model)
         return model
+
+
+def shrink(model: nn.Module, indices: Mapping[str, Mapping[int, torch.Tensor]]) -> nn.Module:
+    """A copy of ``model`` whose named parameters / buffers keep only ``indices`` along each dim."""
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+        for name, t in tensors.items():
+            if id(t) in memo:
+                continue
+            new = t
+            for dim, idx in indices.get(name, {}).items():
+                new = new.index_select(int(dim), torch.as_tensor(idx, dtype=torch.long))
+            new = t.clone() if new is t else new
+            if isinstance(t, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=t.requires_grad)
+            memo[id(t)] = new
+    return copy.deepcopy(model, memo)
+
+
+def update_widths(model: nn.Module) -> None:
+    """Re-derive each known layer's width attributes from its (pruned) weights."""
+    for m in model.modules():
+        u = layers.updater_for(m)
+        if u is not None:
+            u(m)
 
 
 class _Compiled:

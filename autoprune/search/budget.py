@@ -1,0 +1,115 @@
+"""Budgets: how small the pruned model must be, checked analytically before anything is built.
+
+A proposed plan is *projected* onto the budget (ALGORITHMS.md §5): its keep ratios
+``r = 1 - s`` are scaled by one global factor ``alpha`` and clipped to
+``[r_min, 1]``; bisection finds the largest ``alpha`` whose plan meets every
+limit. The plan keeps its shape (which layers are pruned more), and a budget
+that is met with room to spare is filled up, so no candidate wastes budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..engine import PruningSpace
+
+METRICS = ("macs", "params")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper limits on the pruned model: a fraction of the original (``<= 1``) or an absolute count.
+
+    ``Budget(macs=0.5)`` keeps at most half the MACs; ``Budget(params=2e6)`` at most two
+    million parameters; several limits apply together.
+    """
+
+    macs: float | None = None
+    params: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in METRICS:
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
+                raise ValueError(f"Budget({name}=...) must be a positive number (a fraction <= 1 or an absolute count), got {v!r}")
+        if all(getattr(self, n) is None for n in METRICS):
+            raise ValueError("Budget needs at least one limit: Budget(macs=0.5) or Budget(params=0.5)")
+
+    def to_dict(self) -> dict[str, float]:
+        return {n: getattr(self, n) for n in METRICS if getattr(self, n) is not None}
+
+    def targets(self, space: PruningSpace) -> dict[str, int]:
+        """Absolute limits for this space's model."""
+        full = {"macs": space.macs({}), "params": space.params({})}
+        return {n: int(v * full[n]) if v <= 1 else int(v) for n, v in self.to_dict().items()}
+
+
+class Projector:
+    """Projects plans of one space onto one budget; fails early if the budget is unreachable."""
+
+    def __init__(self, space: PruningSpace, budget: Budget | None, max_sparsity: float = 0.95) -> None:
+        self.space = space
+        self.budget = budget
+        self.names = [g.name for g in space.groups]
+        self.max_sparsity = max_sparsity
+        self.targets = budget.targets(space) if budget is not None else {}
+        if budget is not None:
+            smallest = {g: max_sparsity for g in self.names}
+            for metric, target in self.targets.items():
+                low = self.cost(metric, smallest)
+                full = self.cost(metric, {})
+                if low > target:
+                    raise ValueError(
+                        f"the {metric} budget is unreachable: it asks for at most {target:,} {metric} "
+                        f"({target / full:.1%} of the original {full:,}), but the smallest model this "
+                        f"space can build (every group at sparsity {max_sparsity}) has {low:,} "
+                        f"({low / full:.1%}). Raise the budget or exclude fewer layers."
+                    )
+
+    def cost(self, metric: str, plan: Mapping[str, float]) -> int:
+        return self.space.macs(plan) if metric == "macs" else self.space.params(plan)
+
+    def costs(self, plan: Mapping[str, float]) -> dict[str, int]:
+        return {"macs": self.space.macs(plan), "params": self.space.params(plan)}
+
+    def fits(self, plan: Mapping[str, float]) -> bool:
+        return all(self.cost(m, plan) <= t for m, t in self.targets.items())
+
+    def project(self, plan: Mapping[str, float], *, fill: bool = True) -> dict[str, float] | None:
+        """The plan scaled to meet the budget (exactly, when ``fill``; else only shrunk if over).
+
+        Returns None when no scaling meets it (cannot happen for a reachable budget).
+        """
+        s = np.array([min(float(plan.get(n, 0.0)), self.max_sparsity) for n in self.names])
+        if not self.targets:
+            return dict(zip(self.names, s.tolist()))
+        keep = 1.0 - s
+        r_min = 1.0 - self.max_sparsity
+
+        def at(alpha: float) -> dict[str, float]:
+            r = np.clip(alpha * keep, r_min, 1.0)
+            return dict(zip(self.names, (1.0 - r).tolist()))
+
+        if self.fits(at(1.0)) and not fill:
+            return at(1.0)
+        lo, hi = 0.0, 1.0 / max(keep.min(), 1e-9)
+        if not self.fits(at(lo)):
+            return None
+        if self.fits(at(hi)):
+            return at(hi)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.fits(at(mid)):
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-6:
+                break
+        return at(lo)
+
+    def uniform(self) -> dict[str, float]:
+        """The same sparsity for every group, as large as needed and no larger (bisection)."""
+        return self.project({n: 0.0 for n in self.names}, fill=True) if self.targets else {n: 0.0 for n in self.names}

@@ -1,0 +1,172 @@
+"""The search loop: propose -> project onto the budget -> apply -> evaluate -> record, resumably."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import __version__
+from ..engine import PruningSpace
+from . import strategies  # noqa: F401 - registers the built-in strategies
+from .budget import Budget, Projector
+from .ledger import counted, heartbeat, is_single_process, make_storage, recover
+from .strategy import SearchContext, Strategy, get_strategy
+
+log = logging.getLogger("autoprune")
+
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def space_fingerprint(space: PruningSpace) -> str:
+    """Identifies the model and its groups: a resumed search must search the same space."""
+    h = hashlib.sha256()
+    for g in space.groups:
+        h.update(f"{g.name}:{g.channels};".encode())
+    for name, p in space.model.state_dict().items():
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def search(
+    space: PruningSpace,
+    evaluator: Callable[[Any], Any],
+    budget: Budget | None = None,
+    *,
+    strategy: str | Strategy = "tpe",
+    n_trials: int = 100,
+    storage: Any = None,
+    study_name: str = "autoprune",
+    criterion: Any = "l1",
+    calibration: Any = None,
+    seed: int = 0,
+    multi_objective: bool = False,
+    max_sparsity: float = 0.95,
+    strategy_options: Mapping[str, Any] | None = None,
+    callbacks: Iterable[Callback] = (),
+    timeout: float | None = None,
+) -> optuna.Study:
+    """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
+
+    Run it again with the same arguments to resume: completed trials are kept,
+    a trial interrupted by a crash is retried, and ``n_trials`` is the total for
+    the whole study. Returns the study; :func:`best_plan` reads the result.
+    """
+    if not callable(evaluator):
+        raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not 0 < max_sparsity < 1:
+        raise ValueError(f"max_sparsity must be in (0, 1), got {max_sparsity!r}")
+    if not space.groups:
+        raise ValueError("the space has no prunable channel groups: nothing to search")
+    strat = get_strategy(strategy, **dict(strategy_options or {}))
+    projector = Projector(space, budget, max_sparsity)  # raises for an unreachable budget
+    from ..evaluators import normalize_result
+
+    store = make_storage(storage, study_name)
+    directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True)
+    _check_config(study, space, budget, strat, criterion, directions, max_sparsity)
+    if multi_objective:
+        study.set_metric_names(["score", "macs"])
+    recover(study, assume_dead=is_single_process(store))
+    # A resumed or parallel run must not replay the same random proposals.
+    run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}".encode()).hexdigest()[:8], 16)
+    ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective)
+    study.sampler = strat.sampler(ctx)
+    strat.setup(ctx)
+    dists = ctx.distributions()
+    names = ctx.names
+    callbacks = list(callbacks)
+    started = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    while counted(study) < n_trials and not strat.finished(ctx):
+        if timeout is not None and time.monotonic() - started > timeout:
+            break
+        trial = study.ask(fixed_distributions=dists)
+        with heartbeat(study, trial):
+            state, values = _run_trial(trial, space, projector, evaluator, normalize_result, names, strat, criterion,
+                                       calibration, multi_objective)
+        frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
+        for cb in callbacks:
+            cb(study, frozen)
+    return study
+
+
+def _run_trial(trial, space, projector, evaluator, normalize_result, names, strat, criterion, calibration,  # noqa: ANN001
+               multi_objective) -> tuple[TrialState, list[float] | None]:
+    raw = {n: float(trial.params[n]) for n in names}
+    plan = projector.project(raw, fill=not multi_objective)
+    trial.set_user_attr("strategy", strat.name)
+    trial.set_user_attr("criterion", criterion if isinstance(criterion, str) else type(criterion).__name__)
+    if plan is None:
+        trial.set_user_attr("error", "no scaling of this plan meets the budget")
+        return TrialState.PRUNED, None
+    costs = projector.costs(plan)
+    trial.set_user_attr("plan", plan)
+    trial.set_user_attr("macs", costs["macs"])
+    trial.set_user_attr("params", costs["params"])
+    for metric, target in projector.targets.items():
+        trial.set_constraint(metric, float(costs[metric] - target))
+    t0 = time.perf_counter()
+    try:
+        model = space.apply(plan, criterion, calibration=calibration)
+        score, extras = normalize_result(evaluator(model))
+    except Exception as err:  # noqa: BLE001 - a failing evaluator fails its trial, not the study
+        trial.set_user_attr("error", "".join(traceback.format_exception(err))[-4000:])
+        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+        return TrialState.FAIL, None
+    trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+    for k, v in extras.items():
+        if isinstance(v, (int, float, str, bool)) and k != "score":
+            trial.set_user_attr(k, v)
+    return TrialState.COMPLETE, ([score, float(costs["macs"])] if multi_objective else [score])
+
+
+def _check_config(study, space, budget, strat, criterion, directions, max_sparsity) -> None:  # noqa: ANN001
+    """Record the search's configuration in the study, or check it matches on resume."""
+    config = {
+        "space": space_fingerprint(space),
+        "groups": [g.name for g in space.groups],
+        "budget": budget.to_dict() if budget is not None else None,
+        "strategy": strat.name,
+        "criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
+        "directions": directions,
+        "max_sparsity": max_sparsity,
+    }
+    old = study.user_attrs.get("autoprune")
+    if old is None:
+        study.set_user_attr("autoprune", {**config, "version": __version__})
+        return
+    diff = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
+    if diff:
+        detail = "; ".join(f"{k}: study has {old.get(k)!r}, now {config[k]!r}" for k in diff if k != "groups")
+        raise ValueError(
+            f"study {study.study_name!r} was started with a different configuration ({', '.join(diff)}). "
+            f"{detail}. Use another study_name (or storage) for a different search."
+        )
+
+
+def best_plan(study: optuna.Study) -> dict[str, float]:
+    """The evaluated (projected) plan of the best trial; for a multi-objective study, the best-scoring Pareto point."""
+    if len(study.directions) > 1:
+        front = study.best_trials
+        if not front:
+            raise ValueError(f"study {study.study_name!r} has no completed trial yet")
+        return dict(max(front, key=lambda t: t.values[0]).user_attrs["plan"])
+    try:
+        return dict(study.best_trial.user_attrs["plan"])
+    except ValueError as err:
+        raise ValueError(f"study {study.study_name!r} has no completed trial yet") from err
