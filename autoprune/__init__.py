@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import zoo  # noqa: E402
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params  # noqa: E402
 from .search import STRATEGIES, Budget, Strategy, best_plan, export, load, search  # noqa: E402
 

@@ -71,6 +71,7 @@ def search(
     projector = Projector(space, budget, max_sparsity)  # raises for an unreachable budget
     from ..evaluators import normalize_result
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = make_storage(storage, study_name)
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
     with warnings.catch_warnings():
@@ -78,7 +79,9 @@ def search(
         study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True)
     _check_config(study, space, budget, strat, criterion, directions, max_sparsity)
     if multi_objective:
-        study.set_metric_names(["score", "macs"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["score", "macs"])
     recover(study, assume_dead=is_single_process(store))
     # A resumed or parallel run must not replay the same random proposals.
     run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}".encode()).hexdigest()[:8], 16)
@@ -89,12 +92,13 @@ def search(
     names = ctx.names
     callbacks = list(callbacks)
     started = time.monotonic()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     while counted(study) < n_trials and not strat.finished(ctx):
         if timeout is not None and time.monotonic() - started > timeout:
             break
-        trial = study.ask(fixed_distributions=dists)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we record heartbeats ourselves
+            trial = study.ask(fixed_distributions=dists)
         with heartbeat(study, trial):
             state, values = _run_trial(trial, space, projector, evaluator, normalize_result, names, strat, criterion,
                                        calibration, multi_objective)

@@ -1,0 +1,60 @@
+"""PNG plots of a study: score against MACs (Pareto front marked) and the best plan's kept channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+
+def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and "macs" in t.user_attrs]
+    if not done:
+        raise ValueError(f"study {study.study_name!r} has no completed trial to plot")
+    macs = [t.user_attrs["macs"] / 1e6 for t in done]
+    score = [t.values[0] for t in done]
+    front = sorted(_pareto(done), key=lambda t: t.user_attrs["macs"])
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(macs, score, s=12, alpha=0.5, label="trials")
+    ax.plot([t.user_attrs["macs"] / 1e6 for t in front], [t.values[0] for t in front], "r.-", label="Pareto front")
+    ax.set_xlabel("MMACs")
+    ax.set_ylabel("score")
+    ax.set_title(study.study_name)
+    ax.legend()
+    fig.tight_layout()
+    pareto = out / "pareto.png"
+    fig.savefig(pareto, dpi=120)
+    plt.close(fig)
+
+    best = max(done, key=lambda t: t.values[0])
+    plan = best.user_attrs["plan"]
+    names = list(plan)
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))
+    ax.bar(range(len(names)), [1 - plan[n] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("fraction of channels kept")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"trial {best.number}: score {best.values[0]:.4f}, {best.user_attrs['macs'] / 1e6:.2f} MMACs")
+    fig.tight_layout()
+    kept = out / "kept_channels.png"
+    fig.savefig(kept, dpi=120)
+    plt.close(fig)
+    return [pareto, kept]
+
+
+def _pareto(trials: list) -> list:
+    """Trials not dominated in (higher score, fewer MACs)."""
+    return [
+        t for t in trials
+        if not any(o.values[0] >= t.values[0] and o.user_attrs["macs"] <= t.user_attrs["macs"]
+                   and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"]) for o in trials)
+    ]

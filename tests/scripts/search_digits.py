@@ -1,0 +1,36 @@
+"""A real search on scikit-learn's digits, run as a subprocess by the resume tests.
+
+usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY]
+"""
+
+import sys
+import time
+
+import torch
+
+import autoprune as ap
+from autoprune.data import load_digits
+from autoprune.evaluators import AccuracyEvaluator
+
+
+def main() -> None:
+    url, n = sys.argv[1], int(sys.argv[2])
+    pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    strategy = sys.argv[4] if len(sys.argv) > 4 else "tpe"
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
+    train, test = load_digits("train"), load_digits("test")
+    evaluator = AccuracyEvaluator(test, train_data=train, bn_recalibration_batches=2, recalibration_batch_size=64)
+
+    def slow(model):
+        result = evaluator(model)
+        time.sleep(pause)
+        return result
+
+    space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
+    ap.search(space, slow, ap.Budget(macs=0.6), strategy=strategy, n_trials=n, storage=url, study_name="digits", seed=0)
+
+
+if __name__ == "__main__":
+    main()
