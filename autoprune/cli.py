@@ -63,15 +63,11 @@ def _setup(config: StudyFile, base_dir: Path, storage: str | None) -> Setup:
 
 
 def _evaluator(config: StudyFile):  # noqa: ANN202
-    from .data import dataset_by_name
     from .evaluators import resolve_evaluator
 
     kwargs = dict(config.evaluator.kwargs)
     if config.evaluator.name == "accuracy":
-        data_kw = {"val_size": config.data.val_size, "seed": config.data.seed}
-        if config.data.root:
-            data_kw["root"] = config.data.root
-        splits = dataset_by_name(config.data.dataset, **data_kw)
+        splits = config.data.splits()
         kwargs.setdefault("train_data", splits.train)
         return resolve_evaluator("accuracy", data=splits.val, **kwargs)
     if config.evaluator.name == "latency":
@@ -118,6 +114,7 @@ def search(
         budget = ap.Budget(**config.budget.model_dump(exclude_none=True)) if config.budget else None
     except (StudyFileError, ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = n_trials or config.n_trials
     space = setup.space
     console.print(f"[bold]{config.study_name}[/]: {len(space.groups)} channel groups, "
@@ -180,7 +177,13 @@ def _export_best(setup: Setup, study: optuna.Study, out: Path, trial_number: int
 
 
 def _store_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: Path, setup: Setup) -> None:
-    """Keep the exported files as Optuna artifacts of the trial (next to a SQLite file)."""
+    """Keep the exported files as Optuna artifacts of the study (next to a SQLite file).
+
+    A finished trial cannot take attributes any more, so the files hang off the
+    study and ``exported_trials`` maps each trial number to its artifact ids.
+    """
+    import warnings
+
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     if not setup.storage.startswith("sqlite:///"):
@@ -188,12 +191,15 @@ def _store_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: 
     store_dir = Path(setup.storage.removeprefix("sqlite:///")).with_suffix(".artifacts")
     store_dir.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(store_dir))
-    import warnings
-
+    ids = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in ("structure.json", "weights.pt"):
-            upload_artifact(artifact_store=store, file_path=str(out / name), study_or_trial=trial, storage=study._storage)
+            ids[name] = upload_artifact(artifact_store=store, file_path=str(out / name), study_or_trial=study,
+                                        storage=study._storage)
+    exported = dict(study.user_attrs.get("exported_trials", {}))
+    exported[str(trial.number)] = {"artifacts": ids, "artifact_dir": str(store_dir)}
+    study.set_user_attr("exported_trials", exported)
 
 
 @app.command()

@@ -48,10 +48,21 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """The dataset: search scores on ``val`` (carved from the training set), never on ``test``."""
+
     dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
     root: str | None = None
-    val_size: int = Field(default=5000, gt=0)
+    val_size: int | None = Field(default=None, gt=0)
     seed: int = 0
+
+    def splits(self):  # noqa: ANN201
+        from .data import dataset_by_name
+
+        if self.dataset == "digits":
+            kw = {"val_fraction": min(0.5, self.val_size / 1437)} if self.val_size else {}
+            return dataset_by_name("digits", seed=self.seed, **kw)
+        kw = {"val_size": self.val_size} if self.val_size else {}
+        return dataset_by_name("fashion_mnist", root=self.root, seed=self.seed, **kw)
 
 
 class EvaluatorSpec(_Strict):

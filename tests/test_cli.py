@@ -1,0 +1,76 @@
+"""The command line, run as a user would: a subprocess on a small real study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import autoprune as ap
+
+STUDY = """\
+study_name: tiny
+model:
+  zoo: resnet20
+  kwargs: {in_channels: 1, stage_widths: [8, 16, 32]}
+  input_shape: [1, 1, 8, 8]
+data:
+  dataset: digits
+evaluator:
+  name: accuracy
+  kwargs: {bn_recalibration_batches: 2, recalibration_batch_size: 64}
+budget: {macs: 0.5}
+strategy: {name: tpe}
+n_trials: 3
+threads: 1
+"""
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={"PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def test_search_show_export_round_trip(tmp_path):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    run = _cli("search", str(study), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "best structure exported to" in run.stdout
+    assert (tmp_path / "tiny.db").exists()
+    exported = tmp_path / "out" / "tiny"
+    assert (exported / "structure.json").exists() and (exported / "weights.pt").exists()
+
+    # Running it again resumes; --n-trials raises the study-wide total.
+    again = _cli("search", str(study), "--n-trials", "4", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr + again.stdout
+    shown = _cli("show", "--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'tiny.db'}", "--json",
+                 "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout[: shown.stdout.rindex("]") + 1])
+    assert len(rows) == 4 and rows[0]["score"] >= rows[-1]["score"]
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+
+    out = tmp_path / "trial1"
+    exp = _cli("export", str(study), "--out", str(out), "--trial", "1", cwd=tmp_path)
+    assert exp.returncode == 0, exp.stderr + exp.stdout
+    structure = json.loads((out / "structure.json").read_text())
+    assert structure["trial"] == 1
+    model = ap.load(out, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert ap.count_macs(model, torch.zeros(1, 1, 8, 8)) == structure["macs"]
+
+
+def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STUDY.replace("budget: {macs: 0.5}", "budget: {macs: 0.5, flops: 3}")
+                   .replace("name: tpe", "name: annealing"))
+    run = _cli("search", str(bad), cwd=tmp_path)
+    assert run.returncode == 2
+    text = " ".join(run.stdout.split())
+    assert "line 11: budget.flops: unknown key; allowed keys here: macs, params" in text
+    assert "line 12: strategy.name: unknown strategy 'annealing'; allowed: random, tpe, uniform" in text
+    assert not (tmp_path / "tiny.db").exists()  # nothing ran
