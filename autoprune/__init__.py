@@ -7,4 +7,4 @@ from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs,
 from .search import STRATEGIES, Budget, Strategy, best_plan, export, load, search  # noqa: E402
 
 __all__ = ["PruningSpace", "ChannelGroup", "Criterion", "CRITERIA", "count_macs", "count_params", "Budget", "search",
-           "best_plan", "export", "load", "STRATEGIES", "Strategy", "__version__"]
+           "best_plan", "export", "load", "STRATEGIES", "Strategy", "zoo", "__version__"]

@@ -393,7 +393,7 @@ class AxisTable:
         """
         poly: dict[tuple[int, ...], int] = {(): 1}
         for a in expr:
-            poly = _poly_mul(poly, self._poly_axis(self.find(a), var))
+            poly = poly_mul(poly, self._poly_axis(self.find(a), var))
         return poly
 
     def _poly_axis(self, r: int, var: dict[int, int]) -> dict[tuple[int, ...], int]:
@@ -410,7 +410,7 @@ class AxisTable:
         return out
 
 
-def _poly_mul(p: dict[tuple[int, ...], int], q: dict[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
+def poly_mul(p: dict[tuple[int, ...], int], q: dict[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
     out: dict[tuple[int, ...], int] = {}
     for ka, va in p.items():
         for kb, vb in q.items():
@@ -423,5 +423,3 @@ def poly_add(into: dict[tuple[int, ...], int], p: dict[tuple[int, ...], int], sc
     for k, v in p.items():
         into[k] = into.get(k, 0) + v * scale
 
-
-poly_mul = _poly_mul

@@ -12,10 +12,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from . import layers
-from .axes import Expr, Incompatible, poly_add
+from .axes import Expr, Incompatible, poly_add, poly_mul
 from .ops import FLOP_OPS, RULES
 from .trace import ShapeRecorder, Tracer
 
@@ -85,7 +84,7 @@ class PruningSpace:
             model.eval()
             tracer = Tracer(model, RULES, FLOP_OPS)
             try:
-                out = tracer.run(self.example_inputs, record=True)
+                tracer.run(self.example_inputs, record=True)
             except Exception as err:  # noqa: BLE001 - re-raised below with the model's own error
                 try:
                     with torch.no_grad():
@@ -96,13 +95,12 @@ class PruningSpace:
                         f"{type(own).__name__}: {own}. Pass inputs the model accepts, as a tensor or a tuple."
                     ) from own
                 raise RuntimeError(f"autoprune failed while tracing the model (please report): {err}") from err
-            self._output_shapes = [tuple(o.shape) for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-            self.trained_mode_traced = False
+            self.train_mode_traced = False
             if self._unvisited(tracer):
                 model.train()
                 try:
                     tracer.run(_doubled(self.example_inputs), record=False)
-                    self.trained_mode_traced = True
+                    self.train_mode_traced = True
                 except Exception as err:  # noqa: BLE001
                     warnings.warn(f"autoprune: train-mode trace failed ({err}); only eval-mode branches were analysed")
         self._tracer = tracer
@@ -236,8 +234,6 @@ class PruningSpace:
         for coef, exprs in self._tracer.macs:
             poly = {(): coef}
             for e in exprs:
-                from .axes import poly_mul
-
                 poly = poly_mul(poly, self.axes.polynomial(e, var))
             poly_add(macs, poly)
         params: dict[tuple[int, ...], int] = {}
@@ -250,8 +246,6 @@ class PruningSpace:
             if dims is None:
                 poly_add(params, {(): p.numel()})
                 continue
-            from .axes import poly_mul
-
             poly = {(): 1}
             for e in dims:
                 poly = poly_mul(poly, self.axes.polynomial(e, var))
@@ -300,7 +294,7 @@ class PruningSpace:
             pruned = self._build(keep)
             pruned.eval()
             rec.run(pruned, self.example_inputs)
-            if self.trained_mode_traced:
+            if self.train_mode_traced:
                 pruned.train()
                 with torch.no_grad():
                     pruned(*_doubled(self.example_inputs))

@@ -12,8 +12,7 @@ not in the table freezes every channel it touches.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from math import prod
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -45,18 +44,6 @@ class Binding:
     attr: str
     exprs: list[Expr]
     as_tuple: bool
-
-
-@dataclass
-class TraceResult:
-    axes: AxisTable
-    param_dims: dict[str, list[Expr]]
-    ops: list[OpRecord]
-    macs: list[tuple[int, list[Expr]]]
-    bindings: dict[tuple[str, str], Binding]
-    unknown: dict[str, list[Expr]]
-    visited: set[str]
-    output_dims: list[list[Expr]] = field(default_factory=list)
 
 
 class Tracer(TorchDispatchMode):
@@ -263,11 +250,6 @@ class Tracer(TorchDispatchMode):
                     self.freeze(e)
         return out
 
-    def result(self, output_dims: list[list[Expr]]) -> TraceResult:
-        return TraceResult(
-            self.axes, self.param_dims, self.ops, self.macs, self.bindings, self.unknown, self.visited, output_dims
-        )
-
 
 def _flop_packets() -> set:
     from torch.utils.flop_counter import flop_registry
@@ -305,7 +287,3 @@ class ShapeRecorder(TorchDispatchMode):
     def run(self, model: nn.Module, inputs: tuple) -> None:
         with _no_mha_fastpath(), torch.no_grad(), self:
             model(*inputs)
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return prod(shape)
