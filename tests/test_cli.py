@@ -74,3 +74,13 @@ def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     assert "line 11: budget.flops: unknown key; allowed keys here: macs, params" in text
     assert "line 12: strategy.name: unknown strategy 'annealing'; allowed: random, tpe, uniform" in text
     assert not (tmp_path / "tiny.db").exists()  # nothing ran
+
+
+def test_every_shipped_study_file_validates():
+    from autoprune.studyfile import load_study_file
+
+    files = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"quickstart", "random", "uniform"}
+    for f in files:
+        config, _ = load_study_file(f)
+        assert config.study_name == f.stem

@@ -179,6 +179,17 @@ for _k in (1, 2, 3):
         RULES[_n] = _spatial_rule(_k)
 
 
+@rule("grid_sampler_2d", "grid_sampler_3d", "grid_sampler")
+def grid_sampler(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """Samples every channel at the grid's points: channels pass through, space is resampled."""
+    x, grid = args[0], args[1]
+    d = t.dims(x)
+    for e in (*d[2:], *t.dims(grid)):
+        t.freeze(e)
+    t.unify(d[0], t.dims(grid)[0])
+    t.set(out, [d[0], d[1]] + [t.fresh(s) for s in out.shape[2:]])
+
+
 @rule("constant_pad_nd")
 def constant_pad(t: Tracer, func, args, kwargs, outs, out) -> None:
     x, pad = args[0], list(args[1])

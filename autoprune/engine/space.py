@@ -271,13 +271,15 @@ class PruningSpace:
             fail = self._probe(active)
             if fail is None:
                 break
-            cand = [a for a in active if a in set(fail)] or active
+            blamed = set(fail)
+            cand = [a for a in active if a in blamed] or list(active)
             while len(cand) > 1:
                 half = cand[: len(cand) // 2]
                 cand = half if self._probe(half) is not None else cand[len(cand) // 2 :]
-            self.axes.freeze((cand[0],))
-            active.remove(cand[0])
-            culprits.append(cand[0])
+            culprit = cand[0]
+            self.axes.freeze((culprit,))
+            active.remove(culprit)
+            culprits.append(culprit)
         if culprits:
             names = [g.name for g in self.groups if g.atom in culprits]
             warnings.warn(
@@ -335,15 +337,13 @@ class PruningSpace:
     def _counts(self, plan: Plan) -> np.ndarray:
         if not isinstance(plan, Mapping):
             raise TypeError(f"a plan maps group names to sparsities, got {type(plan).__name__}")
-        s = np.zeros(len(self.groups))
         index = self._index
-        for name, v in plan.items():
-            i = index.get(name)
-            if i is None:
-                close = difflib.get_close_matches(str(name), list(index), n=3)
-                hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
-                raise KeyError(f"plan names unknown group {name!r}.{hint} See space.groups for the names.")
-            s[i] = v
+        if not index.keys() >= plan.keys():
+            name = next(n for n in plan if n not in index)
+            close = difflib.get_close_matches(str(name), list(index), n=3)
+            hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
+            raise KeyError(f"plan names unknown group {name!r}.{hint} See space.groups for the names.")
+        s = np.fromiter((plan.get(n, 0.0) for n in index), dtype=np.float64, count=len(index))
         if not np.all((s >= 0) & (s < 1)):
             bad = [(n, v) for n, v in plan.items() if not 0 <= v < 1]
             raise ValueError(
