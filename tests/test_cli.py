@@ -80,7 +80,7 @@ def test_every_shipped_study_file_validates():
     from autoprune.studyfile import load_study_file
 
     files = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"quickstart", "random", "uniform"}
+    assert {f.stem for f in files} >= {"quickstart", "random", "uniform", "sa"}
     for f in files:
         config, _ = load_study_file(f)
         assert config.study_name == f.stem

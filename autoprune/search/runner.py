@@ -85,7 +85,7 @@ def search(
     recover(study, assume_dead=is_single_process(store))
     # A resumed or parallel run must not replay the same random proposals.
     run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}".encode()).hexdigest()[:8], 16)
-    ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective)
+    ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective, base_seed=seed)
     study.sampler = strat.sampler(ctx)
     strat.setup(ctx)
     dists = ctx.distributions()

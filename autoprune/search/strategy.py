@@ -7,7 +7,7 @@ attributes / artifacts of the study, so a killed search resumes where it stopped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -22,7 +22,11 @@ STRATEGIES: dict[str, type["Strategy"]] = {}
 
 @dataclass
 class SearchContext:
-    """What a strategy may look at: the space, the budget projector, the study and the run's seed."""
+    """What a strategy may look at: the space, the budget projector, the study and the seeds.
+
+    ``seed`` differs per run (so a resumed sampler does not replay itself);
+    ``base_seed`` is the user's seed, for strategies that replay their state.
+    """
 
     space: "PruningSpace"
     projector: "Projector"
@@ -30,7 +34,7 @@ class SearchContext:
     seed: int
     max_sparsity: float
     multi_objective: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    base_seed: int = 0
 
     @property
     def names(self) -> list[str]:
