@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from .mobilenetv2 import InvertedResidual, MobileNetV2, mobilenet_v2
+from .pretrained import PRETRAINED, pretrained
 from .resnet import BasicBlock, ResNetCIFAR, resnet20, resnet32, resnet44, resnet56, resnet110
 from .vgg import VGG, vgg16_bn
 
@@ -38,6 +39,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
+    "PRETRAINED",
+    "pretrained",
     "MODELS",
     "VGG",
     "BasicBlock",
