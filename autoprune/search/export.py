@@ -151,7 +151,7 @@ def _export_onnx(model: nn.Module, inputs: tuple, path: Path) -> None:
         import onnxruntime as ort
     except ImportError as err:
         raise ImportError("ONNX export is checked with onnxruntime: pip install onnx onnxscript onnxruntime") from err
-    torch.onnx.export(model, inputs, str(path), dynamo=True)
+    torch.onnx.export(model, inputs, str(path), dynamo=True, verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
     got = session.run(None, feeds)[0]
