@@ -270,3 +270,19 @@ def test_every_group_keeps_at_least_one_channel():
     assert all(k >= 1 for k in space.kept_channels(plan).values())
     pruned = space.apply(plan)
     assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+
+
+def test_the_pruned_copy_shares_no_mutable_state_and_keeps_hooks():
+    model = SEBlock()
+    model.history = []
+    model.table = torch.zeros(3)
+    calls = []
+    model.conv.register_forward_hook(lambda m, i, o: calls.append(o.shape[1]))
+    space = ap.PruningSpace(model, torch.randn(1, 3, 8, 8))
+    pruned = space.apply({"conv": 0.5})
+    pruned.history.append(1)
+    pruned.table += 1
+    assert model.history == [] and torch.equal(model.table, torch.zeros(3))
+    calls.clear()
+    pruned(torch.randn(1, 3, 8, 8))
+    assert calls == [12]
