@@ -89,6 +89,7 @@ class StrategySpec(_Strict):
 class BudgetSpec(_Strict):
     macs: float | None = Field(default=None, gt=0)
     params: float | None = Field(default=None, gt=0)
+    latency: float | None = Field(default=None, gt=0)
 
 
 class ExportSpec(_Strict):

@@ -15,8 +15,9 @@ from typing import Mapping
 import numpy as np
 
 from ..engine import PruningSpace
+from ..engine.latency import LatencyTable
 
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency")
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,14 @@ class Budget:
     """Upper limits on the pruned model: a fraction of the original (``<= 1``) or an absolute count.
 
     ``Budget(macs=0.5)`` keeps at most half the MACs; ``Budget(params=2e6)`` at most two
-    million parameters; several limits apply together.
+    million parameters; ``Budget(latency=0.6)`` at most 60% of the full model's latency
+    predicted by a :class:`~autoprune.engine.latency.LatencyTable` (``latency=3.5``: 3.5 ms);
+    several limits apply together.
     """
 
     macs: float | None = None
     params: float | None = None
+    latency: float | None = None
 
     def __post_init__(self) -> None:
         for name in METRICS:
@@ -36,44 +40,68 @@ class Budget:
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
                 raise ValueError(f"Budget({name}=...) must be a positive number (a fraction <= 1 or an absolute count), got {v!r}")
         if all(getattr(self, n) is None for n in METRICS):
-            raise ValueError("Budget needs at least one limit: Budget(macs=0.5) or Budget(params=0.5)")
+            raise ValueError("Budget needs at least one limit: Budget(macs=0.5), Budget(params=0.5) or Budget(latency=0.5)")
 
     def to_dict(self) -> dict[str, float]:
         return {n: getattr(self, n) for n in METRICS if getattr(self, n) is not None}
 
-    def targets(self, space: PruningSpace) -> dict[str, int]:
-        """Absolute limits for this space's model."""
-        full = {"macs": space.macs({}), "params": space.params({})}
-        return {n: int(v * full[n]) if v <= 1 else int(v) for n, v in self.to_dict().items()}
+    def targets(self, space: PruningSpace, latency_table: LatencyTable | None = None) -> dict[str, float]:
+        """Absolute limits for this space's model, keyed by cost (``macs``, ``params``, ``latency_ms``).
+
+        A latency limit needs the space's ``latency_table`` (its fraction is of the predicted full latency).
+        """
+        out: dict[str, float] = {}
+        for n, v in self.to_dict().items():
+            if n == "latency":
+                if latency_table is None:
+                    raise ValueError("a latency budget needs a latency table: LatencyTable.build(space)")
+                out["latency_ms"] = v * latency_table.predict({}) if v <= 1 else float(v)
+            else:
+                out[n] = int(v * (space.macs({}) if n == "macs" else space.params({}))) if v <= 1 else int(v)
+        return out
 
 
 class Projector:
-    """Projects plans of one space onto one budget; fails early if the budget is unreachable."""
+    """Projects plans of one space onto one budget; fails early if the budget is unreachable.
 
-    def __init__(self, space: PruningSpace, budget: Budget | None, max_sparsity: float = 0.95) -> None:
+    A latency budget uses ``latency_table`` (built with ``LatencyTable.build(space)`` when not given).
+    """
+
+    def __init__(self, space: PruningSpace, budget: Budget | None, max_sparsity: float = 0.95,
+                 latency_table: LatencyTable | None = None) -> None:
         self.space = space
         self.budget = budget
         self.names = [g.name for g in space.groups]
         self.max_sparsity = max_sparsity
-        self.targets = budget.targets(space) if budget is not None else {}
+        if latency_table is None and budget is not None and budget.latency is not None:
+            latency_table = LatencyTable.build(space)
+        self.latency_table = latency_table
+        self.targets = budget.targets(space, latency_table) if budget is not None else {}
         if budget is not None:
             smallest = {g: max_sparsity for g in self.names}
             for metric, target in self.targets.items():
                 low = self.cost(metric, smallest)
                 full = self.cost(metric, {})
                 if low > target:
+                    show = (lambda v: f"{v:.3f} ms") if metric == "latency_ms" else (lambda v: f"{v:,} {metric}")
                     raise ValueError(
-                        f"the {metric} budget is unreachable: it asks for at most {target:,} {metric} "
-                        f"({target / full:.1%} of the original {full:,}), but the smallest model this "
-                        f"space can build (every group at sparsity {max_sparsity}) has {low:,} "
+                        f"the {metric} budget is unreachable: it asks for at most {show(target)} "
+                        f"({target / full:.1%} of the original {show(full)}), but the smallest model this "
+                        f"space can build (every group at sparsity {max_sparsity}) has {show(low)} "
                         f"({low / full:.1%}). Raise the budget or exclude fewer layers."
                     )
 
-    def cost(self, metric: str, plan: Mapping[str, float]) -> int:
+    def cost(self, metric: str, plan: Mapping[str, float]) -> float:
+        if metric == "latency_ms":
+            return self.latency_table.predict(plan)
         return self.space.macs(plan) if metric == "macs" else self.space.params(plan)
 
-    def costs(self, plan: Mapping[str, float]) -> dict[str, int]:
-        return {"macs": self.space.macs(plan), "params": self.space.params(plan)}
+    def costs(self, plan: Mapping[str, float]) -> dict[str, float]:
+        """Analytic MACs and parameters, and the predicted ``latency_ms`` when there is a latency table."""
+        out: dict[str, float] = {"macs": self.space.macs(plan), "params": self.space.params(plan)}
+        if self.latency_table is not None:
+            out["latency_ms"] = self.latency_table.predict(plan)
+        return out
 
     def fits(self, plan: Mapping[str, float]) -> bool:
         return all(self.cost(m, plan) <= t for m, t in self.targets.items())

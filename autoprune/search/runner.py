@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from ..engine import PruningSpace
+from ..engine.latency import LatencyTable, space_fingerprint
 from . import strategies  # noqa: F401 - registers the built-in strategies
 from .budget import Budget, Projector
 from .ledger import counted, heartbeat, is_single_process, make_storage, recover
@@ -23,16 +24,6 @@ from .strategy import SearchContext, Strategy, get_strategy
 log = logging.getLogger("autoprune")
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
-
-
-def space_fingerprint(space: PruningSpace) -> str:
-    """Identifies the model and its groups: a resumed search must search the same space."""
-    h = hashlib.sha256()
-    for g in space.groups:
-        h.update(f"{g.name}:{g.channels};".encode())
-    for name, p in space.model.state_dict().items():
-        h.update(f"{name}:{tuple(p.shape)};".encode())
-    return h.hexdigest()[:16]
 
 
 def search(
@@ -52,12 +43,17 @@ def search(
     strategy_options: Mapping[str, Any] | None = None,
     callbacks: Iterable[Callback] = (),
     timeout: float | None = None,
+    latency_table: LatencyTable | None = None,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
 
     Run it again with the same arguments to resume: completed trials are kept,
     a trial interrupted by a crash is retried, and ``n_trials`` is the total for
     the whole study. Returns the study; :func:`best_plan` reads the result.
+
+    A latency budget uses ``latency_table``, else the table cached in the study
+    (if built for this model, device and thread count), else one built now
+    (1 thread, the example inputs' batch) and cached in the study.
     """
     if not callable(evaluator):
         raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
@@ -68,7 +64,9 @@ def search(
     if not space.groups:
         raise ValueError("the space has no prunable channel groups: nothing to search")
     strat = get_strategy(strategy, **dict(strategy_options or {}))
-    projector = Projector(space, budget, max_sparsity)  # raises for an unreachable budget
+    needs_table = budget is not None and budget.latency is not None
+    # raises for an unreachable budget; a latency budget is checked once its table is known
+    projector = None if needs_table else Projector(space, budget, max_sparsity)
     from ..evaluators import normalize_result
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,6 +75,11 @@ def search(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True)
+    if projector is None:
+        table = latency_table or _cached_table(study, space)
+        projector = Projector(space, budget, max_sparsity, latency_table=table or LatencyTable.build(space))
+        if study.user_attrs.get("latency_table") != projector.latency_table.to_dict():
+            study.set_user_attr("latency_table", projector.latency_table.to_dict())
     _check_config(study, space, budget, strat, criterion, directions, max_sparsity)
     if multi_objective:
         with warnings.catch_warnings():
@@ -121,6 +124,8 @@ def _run_trial(trial, space, projector, evaluator, normalize_result, names, stra
     trial.set_user_attr("plan", plan)
     trial.set_user_attr("macs", costs["macs"])
     trial.set_user_attr("params", costs["params"])
+    if "latency_ms" in costs:
+        trial.set_user_attr("latency_ms", costs["latency_ms"])
     for metric, target in projector.targets.items():
         trial.set_constraint(metric, float(costs[metric] - target))
     t0 = time.perf_counter()
@@ -137,6 +142,18 @@ def _run_trial(trial, space, projector, evaluator, normalize_result, names, stra
         if isinstance(v, (int, float, str, bool)) and k != "score":
             trial.set_user_attr(k, v)
     return TrialState.COMPLETE, ([score, float(costs["macs"])] if multi_objective else [score])
+
+
+def _cached_table(study: optuna.Study, space: PruningSpace) -> LatencyTable | None:
+    """The study's latency table, if it was built for this model on this device with one thread."""
+    data = study.user_attrs.get("latency_table")
+    if data is None or data.get("fingerprint") != space_fingerprint(space):
+        return None
+    try:
+        table = LatencyTable.from_dict(data, space)
+    except (ValueError, KeyError):
+        return None
+    return table if table.matches(device="cpu", threads=1, batch_size=None) else None
 
 
 def _check_config(study, space, budget, strat, criterion, directions, max_sparsity) -> None:  # noqa: ANN001

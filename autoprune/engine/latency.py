@@ -1,0 +1,513 @@
+"""A per-layer latency lookup table: a pruned model's latency on this device, predicted without building it.
+
+As in NetAdapt, every layer that dominates latency (each traced conv / matmul /
+attention op) is timed alone, on a grid of kept channel counts of the channel
+groups that size it (``(in, out)`` for a conv or linear layer; the group axis
+for a depthwise conv), and interpolated bilinearly between grid points. A
+network's latency is the sum over layers plus one constant for everything else
+(norms, activations, framework overhead): the measured full-model latency minus
+the layers' sum at full size, so ``predict({})`` is the measured latency.
+
+Latency depends on the device, the thread count and the batch size, so a table
+records them and the space's fingerprint, and is only reused for the same ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import platform
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .axes import Expr
+from .trace import _no_mha_fastpath
+
+if TYPE_CHECKING:
+    from .space import PruningSpace
+
+FORMAT = 1
+_KEY_STRIDE = 1 << 32  # separates the grids of different layer axes in one sorted array
+
+
+def space_fingerprint(space: "PruningSpace") -> str:
+    """Identifies the model and its groups: a resumed search or a cached table must belong to the same space."""
+    h = hashlib.sha256()
+    for g in space.groups:
+        h.update(f"{g.name}:{g.channels};".encode())
+    for name, p in space.model.state_dict().items():
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def hardware(device: str | torch.device) -> str:
+    """The processor a latency was measured on: the CPU model, or the accelerator's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class _Arg:
+    """A tensor argument of a recorded op: the expressions of its dims (None: a constant), shape, dtype."""
+
+    dims: list[Expr] | None
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class _Call:
+    """One FLOP-counted op of the traced forward pass, re-runnable alone at any kept channel counts."""
+
+    name: str
+    func: Any
+    args: tuple
+    kwargs: dict
+    groups: list[int]  # indices into space.groups of the groups that size it, in order of appearance
+
+
+class _CallRecorder(TorchDispatchMode):
+    """Re-runs the traced forward pass and records each FLOP op's arguments with their dim expressions.
+
+    Ops are matched one-to-one with the space's trace (same order, names and
+    shapes), so an op's tensor arguments get the expressions the trace gave the
+    ops that produced them; parameters get their own.
+    """
+
+    def __init__(self, space: "PruningSpace", inputs: tuple) -> None:
+        super().__init__()
+        self.space = space
+        self.same_batch = all(x is y for x, y in zip(inputs, space.example_inputs))
+        model = space.model
+        self.params = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+        tracer_dims = space._tracer._dims
+        self.dims: dict[int, list[Expr]] = {id(x): tracer_dims[id(y)] for x, y in zip(inputs, space.example_inputs)
+                                            if isinstance(y, torch.Tensor) and id(y) in tracer_dims}
+        self.alive: list[torch.Tensor] = []
+        self.calls: list[tuple[int, Any, tuple, dict]] = []
+        self.index = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        ops = self.space._ops
+        outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        name = func.overloadpacket.__name__
+        rec = ops[self.index] if self.index < len(ops) else None
+        shapes = [tuple(o.shape) for o in outs]
+        if rec is None or rec.name != name or (self.same_batch and rec.shapes != shapes):
+            raise RuntimeError(
+                f"the model ran differently than when it was traced (op {self.index}: aten.{name}); "
+                "a latency table needs a forward pass that is the same on every run and at every batch size "
+                "(else trace the space at the batch size the table is for)"
+            )
+        if name in self.space._tracer.flop_ops:
+            a, kw = pytree.tree_map_only(torch.Tensor, self._arg, (args, kwargs))
+            self.calls.append((self.index, func, a, kw))
+        for o, d in zip(outs, rec.outputs):
+            self.dims[id(o)] = d
+            self.alive.append(o)
+        self.index += 1
+        return out
+
+    def _arg(self, t: torch.Tensor) -> _Arg:
+        name = self.params.get(id(t))
+        dims = self.space._param_dims.get(name) if name is not None else self.dims.get(id(t))
+        return _Arg(dims if dims is not None and len(dims) == t.dim() else None, tuple(t.shape), t.dtype)
+
+
+def _inputs(space: "PruningSpace", batch_size: int | None) -> tuple:
+    """The space's example inputs, their samples repeated to ``batch_size`` when given."""
+    if batch_size is None:
+        return space.example_inputs
+    return tuple(x[torch.arange(batch_size) % x.shape[0]] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                 for x in space.example_inputs)
+
+
+def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
+    """Every FLOP op the traced forward pass runs that some channel group sizes, at ``batch_size``."""
+    model = space.model
+    flags = [(m, m.training) for m in model.modules()]
+    inputs = _inputs(space, batch_size)
+    rec = _CallRecorder(space, inputs)
+    try:
+        model.eval()
+        with _no_mha_fastpath(), torch.no_grad(), rec:
+            model(*inputs)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    group_of = {g.atom: i for i, g in enumerate(space.groups)}
+    calls = []
+    for index, func, args, kwargs in rec.calls:
+        found: list[int] = []
+        for leaf in pytree.tree_leaves((args, kwargs)):
+            if isinstance(leaf, _Arg) and leaf.dims is not None:
+                for e in leaf.dims:
+                    for a in space.axes.atoms(e):
+                        g = group_of.get(a)
+                        if g is not None and g not in found:
+                            found.append(g)
+        module = space._ops[index].module
+        name = f"{module}:{func.overloadpacket.__name__}" if module else func.overloadpacket.__name__
+        calls.append(_Call(name, func, args, kwargs, found))
+    seen: dict[str, int] = {}
+    for c in calls:  # an op run twice in one module (a shared layer) gets a numbered name
+        k = seen[c.name] = seen.get(c.name, 0) + 1
+        if k > 1:
+            c.name = f"{c.name}#{k}"
+    return [c for c in calls if c.groups]  # ops no group sizes are constant: part of the remainder
+
+
+def _grid(channels: int, round_to: int, step: int | None) -> list[int]:
+    """Kept counts to measure: multiples of ``step`` from the smallest allowed count up to the full width."""
+    low = min(round_to, channels)
+    if step is None:
+        step = max(round_to, round_to * round(channels / 8 / round_to))
+    return sorted({low, channels, *range(step, channels, step)})
+
+
+def _monotone(v: np.ndarray) -> np.ndarray:
+    """The midpoint of the upper and lower monotone envelopes along both axes.
+
+    A measured table is not always monotone (noise; a kernel chosen by shape can
+    make an odd width slower than a larger one); a search needs "keep fewer
+    channels, never slower".
+    """
+    up = np.maximum.accumulate(np.maximum.accumulate(v, axis=0), axis=1)
+    down = np.minimum.accumulate(np.minimum.accumulate(v[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
+    return (up + down) / 2
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def median_ms(fn: Any, *, min_run_time: float, device: torch.device, blocks: int = 5, block_time: float = 1e-3) -> float:
+    """Median milliseconds per call of ``fn``: blocks of calls (each at least ``block_time``) for at least
+    ``min_run_time`` seconds and ``blocks`` blocks, after one warm-up call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    number, took = 1, 0.0
+    while True:  # calls per block, so that tiny ops are not all timer overhead
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        took = time.perf_counter() - t0
+        if took >= block_time or number >= 1 << 16:
+            break
+        number *= max(2, min(10, int(block_time / max(took, 1e-7))))
+    times = [took / number]
+    start = time.perf_counter()
+    while len(times) < blocks or time.perf_counter() - start < min_run_time:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t0) / number)
+    return float(np.median(times)) * 1e3
+
+
+class _Timer:
+    """Median time of each op signature, measured once (layers of the same shape share one timing)."""
+
+    def __init__(self, min_run_time: float, device: torch.device) -> None:
+        self.min_run_time, self.device = min_run_time, device
+        self.cache: dict[Any, float] = {}
+
+    def __call__(self, key: Any, make: Any) -> float:
+        got = self.cache.get(key)
+        if got is None:
+            with torch.inference_mode():
+                got = self.cache[key] = median_ms(make(), min_run_time=self.min_run_time, device=self.device)
+        return got
+
+
+class LatencyTable:
+    """Per-layer latency lookup table of one :class:`PruningSpace` on one device; ``predict(plan)`` in ms.
+
+    Build it with :meth:`LatencyTable.build`; store it with :meth:`to_dict` and
+    restore it with :meth:`from_dict` (which refuses another model).
+    """
+
+    def __init__(self, space: "PruningSpace", layers: list[dict[str, Any]], full_ms: float, info: dict[str, Any]) -> None:
+        self.space = space
+        self.layers = layers
+        self.full_ms = float(full_ms)
+        self.info = dict(info)
+        self._compile()
+        self.constant_ms = 0.0
+        self.constant_ms = self.full_ms - self.predict({})
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        space: "PruningSpace",
+        *,
+        threads: int = 1,
+        batch_size: int | None = None,
+        grid_step: int | None = None,
+        repeats: int = 1,
+        min_run_time: float = 0.02,
+        device: str | torch.device = "cpu",
+    ) -> "LatencyTable":
+        """Time every latency-dominating layer of ``space``'s model on a grid of kept channel counts.
+
+        ``batch_size`` scales the traced batch (default: the example inputs' own);
+        ``grid_step`` is the grid's spacing in channels (default: an eighth of a
+        group's width, a multiple of ``round_to``); each grid point is the median
+        over ``repeats`` passes of :func:`median_ms` (``min_run_time`` seconds). The
+        whole model is timed between the layers, and the median of those is ``full_ms``.
+        """
+        for label, v in (("threads", threads), ("repeats", repeats), ("grid_step", grid_step), ("batch_size", batch_size)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{label} must be a positive integer, got {v!r}")
+        device = torch.device(device)
+        started = time.perf_counter()
+        calls = _record_calls(space, batch_size)
+        full = np.array([g.channels for g in space.groups])
+        grids = {i: _grid(int(full[i]), space.round_to, grid_step) for c in calls for i in c.groups}
+        timer = _Timer(min_run_time, device)
+        passes: list[list[np.ndarray]] = []
+        model_ms: list[float] = []
+        every = max(1, len(calls) // 4)
+        with _threads(threads):
+            for _ in range(repeats):
+                timer.cache.clear()
+                tables = []
+                for k, c in enumerate(calls):
+                    if k % every == 0:  # the whole model, timed between the layers: drift hits both alike
+                        model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
+                    points = [grids[i] for i in c.groups] if len(c.groups) <= 2 else [[int(full[i])] for i in c.groups[:2]]
+                    if len(points) == 1:
+                        points.append([0])
+                    v = np.empty((len(points[0]), len(points[1])))
+                    for a, x in enumerate(points[0]):
+                        for b, y in enumerate(points[1]):
+                            counts = {space.groups[i].atom: n for i, n in zip(c.groups, (x, y))}
+                            v[a, b] = _time_call(space, c, counts, timer, device)
+                    tables.append(v)
+                passes.append(tables)
+            model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
+        layers = []
+        for k, c in enumerate(calls):
+            v = np.median(np.stack([p[k] for p in passes]), axis=0)
+            interpolated = len(c.groups) <= 2
+            layers.append({
+                "name": c.name,
+                "groups": [space.groups[i].name for i in c.groups],
+                "grids": [grids[i] for i in c.groups] if interpolated else [],
+                "values": (_monotone(v) if interpolated else v).tolist(),
+            })
+        info = {"device": str(device), "hardware": hardware(device), "threads": threads, "batch_size": batch_size,
+                "grid_step": grid_step, "torch": torch.__version__, "measurements": len(timer.cache) * repeats,
+                "build_seconds": round(time.perf_counter() - started, 2)}
+        return cls(space, layers, float(np.median(model_ms)), info)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def _compile(self) -> None:
+        """Flatten every layer's grids and values so ``predict`` is a handful of numpy operations."""
+        index = {g.name: i for i, g in enumerate(self.space.groups)}
+        dummy = len(self.space.groups)  # reads a constant 0 from the padded counts
+        keys, grids, starts, lengths, var, base, inner, values = [], [], [], [], [], [], [], []
+        self._fallback: list[tuple[float, list[Expr], list[int]]] = []
+        calls = {c.name: c for c in _record_calls(self.space, None)} if any(not lay["grids"] for lay in self.layers) else {}
+        offset = n_values = 0
+        for lay in self.layers:
+            if not lay["grids"]:
+                call = calls[lay["name"]]
+                exprs = _distinct_exprs(self.space, call)
+                self._fallback.append((float(lay["values"][0][0]), exprs, [index[g] for g in lay["groups"]]))
+                continue
+            axes = [np.asarray(g, dtype=np.int64) for g in lay["grids"]]
+            v = np.asarray(lay["values"], dtype=np.float64)
+            ids = [index[g] for g in lay["groups"]]
+            if len(axes) == 1:
+                axes.append(np.array([0, 1], dtype=np.int64))
+                v = np.repeat(v[:, :1], 2, axis=1)
+                ids.append(dummy)
+            for k, g in enumerate(axes):
+                axis_id = len(starts)
+                keys.append(axis_id * _KEY_STRIDE + g)
+                grids.append(g)
+                starts.append(offset)
+                lengths.append(len(g))
+                offset += len(g)
+            var.append(ids)
+            base.append(n_values)
+            inner.append(v.shape[1])
+            values.append(v.ravel())
+            n_values += v.size
+        n = len(var)
+        cat = (lambda xs, dt: np.concatenate(xs).astype(dt)) if n else (lambda xs, dt: np.zeros(0, dt))
+        self._keys, self._grid = cat(keys, np.int64), cat(grids, np.float64)
+        self._axis = np.arange(2 * n, dtype=np.int64).reshape(n, 2) * _KEY_STRIDE
+        self._start = np.asarray(starts, dtype=np.int64).reshape(n, 2)
+        self._last = self._start + np.asarray(lengths, dtype=np.int64).reshape(n, 2) - 2
+        self._var = np.asarray(var, dtype=np.int64).reshape(n, 2)
+        self._base = np.asarray(base, dtype=np.int64)
+        self._inner = np.asarray(inner, dtype=np.int64)
+        self._values = cat(values, np.float64)
+
+    def layer_latencies(self, plan: Mapping[str, float] | np.ndarray) -> np.ndarray:
+        """Interpolated latency (ms) of each interpolated layer (``layers`` order, fallbacks excluded)."""
+        counts = self.space._counts(plan) if isinstance(plan, Mapping) else np.asarray(plan)
+        q = np.append(counts, 0)[self._var]
+        pos = np.searchsorted(self._keys, self._axis + q, side="right") - 1
+        pos = np.minimum(np.maximum(pos, self._start), self._last)
+        g0 = self._grid[pos]
+        t = (q - g0) / (self._grid[pos + 1] - g0)
+        i = pos - self._start
+        at = self._base + i[:, 0] * self._inner + i[:, 1]
+        v = self._values
+        t0, t1 = t[:, 0], t[:, 1]
+        low = v[at] * (1 - t1) + v[at + 1] * t1
+        high = v[at + self._inner] * (1 - t1) + v[at + self._inner + 1] * t1
+        return low * (1 - t0) + high * t0
+
+    def predict(self, plan: Mapping[str, float]) -> float:
+        """Predicted latency (ms) of ``space.apply(plan)`` on the device the table was built on."""
+        counts = self.space._counts(plan)
+        total = self.constant_ms + float(self.layer_latencies(counts).sum())
+        for full_ms, exprs, ids in self._fallback:
+            total += full_ms * self._work_ratio(exprs, ids, counts)
+        return total
+
+    def _work_ratio(self, exprs: list[Expr], ids: list[int], counts: np.ndarray) -> float:
+        """For a layer sized by more than two groups: its full latency scales with the product of its sizes."""
+        kept = {self.space.groups[i].atom: int(counts[i]) for i in ids}
+        ratio = 1.0
+        for e in exprs:
+            ratio *= self.space._kept_size(e, kept) / self.space._kept_size(e, {})
+        return ratio
+
+    # -- storage --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (e.g. for ``study.set_user_attr("latency_table", ...)``)."""
+        return {"format": FORMAT, "fingerprint": space_fingerprint(self.space), **self.info,
+                "full_ms": self.full_ms, "constant_ms": self.constant_ms, "layers": self.layers}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], space: "PruningSpace") -> "LatencyTable":
+        """Restore a table for ``space``; raises ValueError if it was built for another model or format."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"latency table format {data.get('format')!r} is not {FORMAT}; rebuild the table")
+        mine = space_fingerprint(space)
+        if data.get("fingerprint") != mine:
+            raise ValueError(f"this latency table was built for another model (fingerprint {data.get('fingerprint')}, "
+                             f"this space {mine}); build one for this model with LatencyTable.build(space)")
+        names = [c.name for c in _record_calls(space, data.get("batch_size"))]
+        if names != [lay["name"] for lay in data["layers"]]:
+            raise ValueError("this latency table's layers do not match the space's traced ops; rebuild it")
+        info = {k: v for k, v in data.items() if k not in ("format", "fingerprint", "full_ms", "constant_ms", "layers")}
+        return cls(space, [dict(lay) for lay in data["layers"]], data["full_ms"], info)
+
+    def matches(self, *, device: str | torch.device = "cpu", threads: int = 1, batch_size: int | None = None) -> bool:
+        """True if the table was measured on this machine's ``device`` with these threads and batch size."""
+        device = torch.device(device)
+        return (self.info.get("device") == str(device) and self.info.get("hardware") == hardware(device)
+                and self.info.get("threads") == threads and self.info.get("batch_size") == batch_size)
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable({len(self.layers)} layers, full {self.full_ms:.3f} ms, "
+                f"device={self.info.get('device')!r}, threads={self.info.get('threads')}, "
+                f"batch_size={self.info.get('batch_size')})")
+
+
+def _signature(space: "PruningSpace", call: _Call, counts: dict[int, int]) -> tuple:
+    """The call's tensor shapes at ``counts`` and its other arguments: layers with equal ones share a timing."""
+    shapes = tuple((_kept_shape(space, a, counts), a.dtype)
+                   for a in pytree.tree_leaves((call.args, call.kwargs)) if isinstance(a, _Arg))
+    plain = tuple(repr(x) for x in pytree.tree_leaves((call.args, call.kwargs)) if not isinstance(x, _Arg))
+    return call.func, shapes, plain
+
+
+def _kept_shape(space: "PruningSpace", a: _Arg, counts: dict[int, int]) -> tuple[int, ...]:
+    """A tensor's shape at the kept ``counts``: each dim shrinks by its expression's kept fraction.
+
+    Scaling the recorded size (not evaluating the expression) keeps a batch the
+    trace did not see: (batch x heads) at batch 64 becomes 64 x kept heads.
+    """
+    if a.dims is None:
+        return a.shape
+    return tuple(n if not e else n * space._kept_size(e, counts) // space._kept_size(e, {})
+                 for n, e in zip(a.shape, a.dims))
+
+
+def _runner(call: _Call, shapes: tuple, device: torch.device) -> Any:
+    """A no-argument function running the call alone on random tensors of ``shapes``."""
+    todo = iter(shapes)
+
+    def tensor(_: _Arg) -> torch.Tensor:
+        shape, dtype = next(todo)
+        if dtype.is_floating_point or dtype.is_complex:
+            return torch.randn(shape, dtype=dtype, device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    args, kwargs = pytree.tree_map_only(_Arg, tensor, (call.args, call.kwargs))
+    if call.func.overloadpacket.__name__ in ("convolution", "_convolution"):
+        args, kwargs = _conv_groups(call, args, kwargs)
+    return lambda: call.func(*args, **kwargs)
+
+
+def _conv_groups(call: _Call, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A grouped conv's ``groups`` follows its pruned channels (depthwise: groups == channels)."""
+    named = dict(zip((a.name for a in call.func._schema.arguments), args)) | kwargs
+    if named["groups"] == 1:
+        return args, kwargs
+    if named["transposed"]:
+        raise ValueError(f"{call.name}: a grouped transposed conv cannot be timed at pruned sizes")
+    groups = named["input"].shape[1] // named["weight"].shape[1]
+    pos = [a.name for a in call.func._schema.arguments].index("groups")
+    if pos < len(args):
+        return (*args[:pos], groups, *args[pos + 1:]), kwargs
+    return args, {**kwargs, "groups": groups}
+
+
+def _time_call(space: "PruningSpace", call: _Call, counts: dict[int, int], timer: _Timer, device: torch.device) -> float:
+    key = _signature(space, call, counts)
+    return timer(key, lambda: _runner(call, key[1], device))
+
+
+def _time_model(space: "PruningSpace", batch_size: int | None, device: torch.device, min_run_time: float) -> float:
+    model = copy.deepcopy(space.model).eval().to(device)
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(space, batch_size))
+    with torch.inference_mode():
+        return median_ms(lambda: model(*inputs), min_run_time=min_run_time, device=device, blocks=9)
+
+
+def _distinct_exprs(space: "PruningSpace", call: _Call) -> list[Expr]:
+    """The distinct prunable dim expressions of a call's tensor arguments (their product is its work)."""
+    group_atoms = {g.atom for g in space.groups}
+    seen, out = set(), []
+    for leaf in pytree.tree_leaves((call.args, call.kwargs)):
+        if isinstance(leaf, _Arg) and leaf.dims is not None:
+            for e in leaf.dims:
+                key = tuple(space.axes.find(a) for a in e)
+                if key not in seen and group_atoms.intersection(space.axes.atoms(e)):
+                    seen.add(key)
+                    out.append(e)
+    return out

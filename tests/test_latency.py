@@ -1,0 +1,158 @@
+"""The per-layer latency lookup table: building, interpolation, storage, and latency budgets in a search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autoprune as ap
+from autoprune.data import load_digits
+from autoprune.engine.latency import LatencyTable, space_fingerprint
+from autoprune.evaluators import AccuracyEvaluator
+from autoprune.search import Projector
+
+
+@pytest.fixture(scope="module")
+def space():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    # Full widths at 28x28, so that convolutions (not per-op overhead) dominate and a 60% budget is reachable;
+    # the digits evaluator runs the pruned models on its own 8x8 images.
+    model = ap.zoo.resnet20(in_channels=1).eval()
+    return ap.PruningSpace(model, torch.zeros(1, 1, 28, 28))
+
+
+@pytest.fixture(scope="module")
+def table(space):
+    return LatencyTable.build(space, min_run_time=0.005)
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return AccuracyEvaluator(load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2,
+                             recalibration_batch_size=64)
+
+
+def _random_plans(space, n: int, seed: int = 0) -> list[dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    return [{g.name: float(rng.uniform(0, 0.9)) for g in space.groups} for _ in range(n)]
+
+
+def test_table_covers_every_conv_and_linear_layer(space, table):
+    names = [layer["name"] for layer in table.layers]
+    assert "conv1:convolution" in names and "fc:addmm" in names
+    assert sum(n.endswith(":convolution") for n in names) == sum(
+        isinstance(m, torch.nn.Conv2d) for m in space.model.modules())
+    by_name = {g.name: g for g in space.groups}
+    for layer in table.layers:
+        assert 1 <= len(layer["groups"]) <= 2
+        for group, grid in zip(layer["groups"], layer["grids"]):
+            assert grid[-1] == by_name[group].channels and grid == sorted(set(grid))
+
+
+def test_empty_plan_predicts_the_measured_full_latency(table):
+    assert table.predict({}) == pytest.approx(table.full_ms, rel=1e-9)
+    assert table.full_ms > 0
+
+
+def test_pruning_more_never_predicts_slower(space, table):
+    for plan in _random_plans(space, 30):
+        more = {k: min(0.95, v + 0.1) for k, v in plan.items()}
+        assert table.predict(more) <= table.predict(plan) + 1e-12
+    assert table.predict({g.name: 0.9 for g in space.groups}) < table.predict({})
+
+
+def test_interpolation_hits_grid_points_exactly(space, table):
+    index = {g.name: i for i, g in enumerate(space.groups)}
+    layer = next(lay for lay in table.layers if len(lay["groups"]) == 2 and lay["groups"][0] != lay["groups"][1])
+    position = table.layers.index(layer)
+    values = np.asarray(layer["values"])
+    full = np.array([g.channels for g in space.groups])
+    for i in (0, len(layer["grids"][0]) // 2, len(layer["grids"][0]) - 1):
+        for j in (0, len(layer["grids"][1]) - 2, len(layer["grids"][1]) - 1):
+            counts = full.copy()
+            counts[index[layer["groups"][0]]] = layer["grids"][0][i]
+            counts[index[layer["groups"][1]]] = layer["grids"][1][j]
+            assert table.layer_latencies(counts)[position] == values[i, j]
+    # Between two grid points: between their values.
+    a, b = layer["grids"][0][-2], layer["grids"][0][-1]
+    if b - a > 1:
+        counts = full.copy()
+        counts[index[layer["groups"][0]]] = (a + b) // 2
+        got = table.layer_latencies(counts)[position]
+        assert values[-2, -1] <= got <= values[-1, -1]
+
+
+def test_round_trip_through_json_and_refuse_another_model(space, table):
+    import json
+
+    data = json.loads(json.dumps(table.to_dict()))
+    assert data["fingerprint"] == space_fingerprint(space) and data["threads"] == 1 and data["device"] == "cpu"
+    again = LatencyTable.from_dict(data, space)
+    for plan in [{}, *_random_plans(space, 5, seed=1)]:
+        assert again.predict(plan) == pytest.approx(table.predict(plan), rel=1e-12)
+    assert again.matches(device="cpu", threads=1) and not again.matches(device="cpu", threads=2)
+    other = ap.PruningSpace(ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 24)).eval(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="another model"):
+        LatencyTable.from_dict(data, other)
+
+
+def test_batch_size_scales_the_measured_layers(space):
+    small = LatencyTable.build(space, batch_size=2, grid_step=32, min_run_time=0.002)
+    big = LatencyTable.build(space, batch_size=64, grid_step=32, min_run_time=0.002)
+    assert big.info["batch_size"] == 64
+    assert big.layer_latencies(np.array([g.channels for g in space.groups])).sum() > \
+        small.layer_latencies(np.array([g.channels for g in space.groups])).sum()
+
+
+def _reachable_fraction(space, table) -> float:
+    """Halfway between the smallest model's predicted latency and the full one (the machine is noisy)."""
+    smallest = table.predict({g.name: 0.95 for g in space.groups})
+    return round((smallest / table.full_ms + 1.0) / 2, 3)
+
+
+def test_projector_meets_a_latency_budget(space, table):
+    fraction = _reachable_fraction(space, table)
+    projector = Projector(space, ap.Budget(latency=fraction), latency_table=table)
+    target = projector.targets["latency_ms"]
+    assert target == pytest.approx(fraction * table.full_ms)
+    for plan in _random_plans(space, 5, seed=2):
+        projected = projector.project(plan)
+        assert projector.costs(projected)["latency_ms"] <= target
+    with pytest.raises(ValueError, match="latency table"):
+        ap.Budget(latency=0.6).targets(space)
+
+
+def test_latency_budget_search_records_and_caches_the_table(space, table, evaluator, tmp_path: Path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fraction = _reachable_fraction(space, table)
+    study = ap.search(space, evaluator, ap.Budget(latency=fraction), strategy="random", n_trials=3, storage=url,
+                      study_name="lat", latency_table=table)
+    cached = study.user_attrs["latency_table"]
+    target = fraction * cached["full_ms"]
+    trials = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(trials) == 3
+    for t in trials:
+        assert t.user_attrs["latency_ms"] <= target + 1e-9
+        assert t.user_attrs["macs"] < space.macs({})
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached latency table should have been reused")
+
+    monkeypatch.setattr(LatencyTable, "build", no_rebuild)
+    study = ap.search(space, evaluator, ap.Budget(latency=fraction), strategy="random", n_trials=5, storage=url,
+                      study_name="lat")
+    assert study.user_attrs["latency_table"] == cached
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
+    assert all(t.user_attrs["latency_ms"] <= target + 1e-9 for t in study.trials)
+
+
+def test_study_file_accepts_a_latency_budget():
+    from autoprune.studyfile import parse_study
+
+    config = parse_study({"study_name": "s", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]},
+                          "budget": {"latency": 0.6}})
+    assert ap.Budget(**config.budget.model_dump(exclude_none=True)).latency == 0.6
