@@ -17,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+def _one_of(value: str, registry: dict, what: str) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(sorted(registry))}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,9 +87,7 @@ class StrategySpec(_Strict):
     def _known(cls, v: str) -> str:
         from .search import STRATEGIES
 
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(STRATEGIES))}")
-        return v
+        return _one_of(v, STRATEGIES, "strategy")
 
 
 class BudgetSpec(_Strict):
@@ -120,9 +124,7 @@ class StudyFile(_Strict):
     def _criterion(cls, v: str) -> str:
         from .engine import CRITERIA
 
-        if v not in CRITERIA:
-            raise ValueError(f"unknown criterion {v!r}; allowed: {', '.join(sorted(CRITERIA))}")
-        return v
+        return _one_of(v, CRITERIA, "criterion")
 
 
 class StudyFileError(ValueError):
