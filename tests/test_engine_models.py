@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,6 +173,21 @@ class ShuffleAndPad(nn.Module):
         return self.head(F.relu(self.wide(x)) + shortcut)
 
 
+class WeightNormed(nn.Module):
+    """Both weight-norm flavours: a parametrization and the older forward pre-hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 8, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.b = nn.utils.weight_norm(nn.Conv2d(8, 6, 1))
+        self.c = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+
 CASES = {
     "shared_layer": (SharedLayer, (torch.randn(2, 3, 16, 16),)),
     "chunk_cat": (ChunkCat, (torch.randn(2, 3, 8, 8),)),
@@ -180,6 +197,7 @@ CASES = {
     "grouped_conv": (GroupedConv, (torch.randn(2, 3, 8, 8),)),
     "all_layer_types": (AllLayerTypes, (torch.randint(0, 50, (2, 12)), torch.randn(2, 1, 6, 6, 6))),
     "shuffle_and_pad": (ShuffleAndPad, (torch.randn(2, 3, 8, 8),)),
+    "weight_norm": (WeightNormed, (torch.randn(2, 3, 8, 8),)),
 }
 
 

@@ -500,6 +500,19 @@ def as_strided(t: Tracer, func, args, kwargs, outs, out) -> None:
     t.set(out, list(t.dims(x)))
 
 
+@rule("_weight_norm_interface")
+def weight_norm(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """w = g * v / ||v|| (norm over every dim but ``dim``): w has v's dims, g and the norms v's ``dim``."""
+    v, g = args[0], args[1]
+    dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % v.dim()
+    vd = t.dims(v)
+    _unify_into(t, g, vd, tuple(v.shape))
+    t.set(outs[0], list(vd))
+    for o in outs[1:]:
+        if o.dim() == v.dim():
+            t.set(o, [vd[k] if k == dim else () for k in range(v.dim())])
+
+
 @rule("embedding")
 def embedding(t: Tracer, func, args, kwargs, outs, out) -> None:
     w, idx = args[0], args[1]
