@@ -194,7 +194,8 @@ class PruningSpace:
         for a, mem in members.items():
             producers = [x for x in mem if x.role == "output"] or mem
             first = producers[0]
-            name = first.module or first.param
+            # A parametrized weight (weight norm) lives in "conv.parametrizations.weight": name the conv.
+            name = first.module.partition(".parametrizations.")[0] or first.param
             e = self._param_dims[first.param][first.dim]
             if not (len(e) == 1 and self.axes.find(e[0]) == a):
                 # Part of a wider dim (heads, groups, a concatenated range).
