@@ -96,25 +96,25 @@ def search(
     callbacks = list(callbacks)
     started = time.monotonic()
 
-    while counted(study) < n_trials and not strat.finished(ctx):
+    while counted(study) < n_trials and not strat.prepare(ctx) and not strat.finished(ctx):
         if timeout is not None and time.monotonic() - started > timeout:
             break
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we record heartbeats ourselves
             trial = study.ask(fixed_distributions=dists)
         with heartbeat(study, trial):
-            state, values = _run_trial(trial, space, projector, evaluator, normalize_result, names, strat, criterion,
-                                       calibration, multi_objective)
+            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration)
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
         for cb in callbacks:
             cb(study, frozen)
     return study
 
 
-def _run_trial(trial, space, projector, evaluator, normalize_result, names, strat, criterion, calibration,  # noqa: ANN001
-               multi_objective) -> tuple[TrialState, list[float] | None]:
-    raw = {n: float(trial.params[n]) for n in names}
-    plan = projector.project(raw, fill=not multi_objective)
+def _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration,  # noqa: ANN001
+               ) -> tuple[TrialState, list[float] | None]:
+    space, projector, multi_objective = ctx.space, ctx.projector, ctx.multi_objective
+    raw = {n: float(trial.params[n]) for n in ctx.names}
+    plan = projector.project(raw, fill=not multi_objective) if strat.projects else raw
     trial.set_user_attr("strategy", strat.name)
     trial.set_user_attr("criterion", criterion if isinstance(criterion, str) else type(criterion).__name__)
     if plan is None:
@@ -130,8 +130,11 @@ def _run_trial(trial, space, projector, evaluator, normalize_result, names, stra
         trial.set_constraint(metric, float(costs[metric] - target))
     t0 = time.perf_counter()
     try:
-        model = space.apply(plan, criterion, calibration=calibration)
+        model = strat.build(ctx, trial, plan)
+        if model is None:
+            model = space.apply(plan, criterion, calibration=calibration)
         score, extras = normalize_result(evaluator(model))
+        strat.after_evaluation(ctx, trial, model)
     except Exception as err:  # noqa: BLE001 - a failing evaluator fails its trial, not the study
         trial.set_user_attr("error", "".join(traceback.format_exception(err))[-4000:])
         trial.set_user_attr("eval_seconds", time.perf_counter() - t0)

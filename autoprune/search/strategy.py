@@ -52,6 +52,8 @@ class Strategy:
 
     name: str = ""
     parallel: str = "independent asks: each worker samples from the shared study"
+    #: Proposals are projected onto the budget before they are built (NetAdapt's are not: it walks down to it).
+    projects: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -68,6 +70,17 @@ class Strategy:
     def finished(self, ctx: SearchContext) -> bool:
         """True when the strategy has nothing more to propose."""
         return False
+
+    def prepare(self, ctx: SearchContext) -> bool:
+        """Called before each trial (e.g. to enqueue the next batch of proposals); True stops the search."""
+        return False
+
+    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
+        """The model to evaluate for ``plan``; None means ``space.apply(plan, criterion)``."""
+        return None
+
+    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: Any) -> None:
+        """Called with the evaluated (possibly fine-tuned) model before the trial is told."""
 
 
 def get_strategy(spec: Any, **options: Any) -> Strategy:
