@@ -72,7 +72,7 @@ def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     assert run.returncode == 2
     text = " ".join(run.stdout.split())
     assert "line 11: budget.flops: unknown key; allowed keys here: macs, params" in text
-    assert "line 12: strategy.name: unknown strategy 'annealing'; allowed: random, sa, tpe, uniform" in text
+    assert "line 12: strategy.name: unknown strategy 'annealing'; allowed: netadapt, random, sa, tpe, uniform" in text
     assert not (tmp_path / "tiny.db").exists()  # nothing ran
 
 
@@ -80,7 +80,7 @@ def test_every_shipped_study_file_validates():
     from autoprune.studyfile import load_study_file
 
     files = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"quickstart", "random", "uniform", "sa"}
+    assert {f.stem for f in files} >= {"quickstart", "random", "uniform", "sa", "netadapt"}
     for f in files:
         config, _ = load_study_file(f)
         assert config.study_name == f.stem

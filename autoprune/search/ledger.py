@@ -79,7 +79,8 @@ def recover(study: optuna.Study, *, assume_dead: bool) -> list[int]:
                 continue
         except RuntimeError:  # another worker finished or failed it first
             continue
-        attrs = {k: v for k, v in t.user_attrs.items() if k in ("seed_plan", "strategy_state")}
+        # Keep what tagged the proposal (a strategy's bookkeeping), drop what the crash left behind.
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error")}
         attrs["retry_of"] = t.number
         study.enqueue_trial(t.params, user_attrs=attrs)
         done.append(t.number)

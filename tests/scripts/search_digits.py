@@ -21,7 +21,9 @@ def main() -> None:
     torch.set_num_threads(1)
     model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
     train, test = load_digits("train"), load_digits("test")
-    evaluator = AccuracyEvaluator(test, train_data=train, bn_recalibration_batches=2, recalibration_batch_size=64)
+    netadapt = strategy == "netadapt"
+    evaluator = AccuracyEvaluator(test, train_data=train, bn_recalibration_batches=2, recalibration_batch_size=64,
+                                  finetune_steps=5 if netadapt else 0, finetune_batch_size=64)
 
     def slow(model):
         result = evaluator(model)
@@ -29,7 +31,9 @@ def main() -> None:
         return result
 
     space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
-    ap.search(space, slow, ap.Budget(macs=0.6), strategy=strategy, n_trials=n, storage=url, study_name="digits", seed=0)
+    options = {"initial_reduction": 0.1} if netadapt else {}
+    ap.search(space, slow, ap.Budget(macs=0.6), strategy=strategy, n_trials=n, storage=url, study_name="digits", seed=0,
+              strategy_options=options)
 
 
 if __name__ == "__main__":

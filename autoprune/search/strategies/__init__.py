@@ -1,3 +1,3 @@
 """Built-in strategies; importing this package registers them."""
 
-from . import annealing, random, tpe, uniform  # noqa: F401
+from . import annealing, netadapt, random, tpe, uniform  # noqa: F401

@@ -1,0 +1,228 @@
+"""NetAdapt (Yang et al., ECCV 2018): greedy, iterative, one group per step, weights carried over.
+
+Iteration i lowers the resource target by ``dR_i = initial_reduction * R_full * decay**i``
+(never below the budget). For every group it proposes the largest channel count
+whose network meets the target, keeping the highest-L2 channels *of the current
+network*; each proposal is built, short-term fine-tuned (the evaluator's
+``finetune_steps``) and scored. The best proposal — highest score, or least score
+drop per unit of resource saved (``pick="min_drop_per_resource"``, the paper's
+variant) — becomes the current network, fine-tuned weights included, and the
+next iteration starts from it. The search ends when the budget is met.
+
+Everything is re-derived from the study: proposals are enqueued trials tagged with
+their iteration; the picked proposal's fine-tuned weights are a study artifact
+(full-size tensors, pruned channels left at their old values), so a killed search
+resumes at the iteration and proposal where it stopped. The proposals of one
+iteration are independent, so several workers can evaluate them in parallel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ...engine import PruningSpace
+from ..strategy import SearchContext, Strategy
+
+TAG = "netadapt"
+
+
+@dataclass
+class _State:
+    iteration: int
+    plan: dict[str, float]
+    keep: dict[str, list[int]] | None
+    weights: str | None
+    score: float | None
+    resource: float
+    pending: bool = False
+    done: bool = False
+    history: list[int] = field(default_factory=list)
+
+
+class NetAdapt(Strategy):
+    name = "netadapt"
+    parallel = "the proposals of one iteration are independent trials: any number of workers evaluate them"
+    projects = False
+
+    def __init__(self, resource: str = "macs", initial_reduction: float = 0.025, decay: float = 0.96,
+                 pick: str = "max_score", criterion: str = "l2", artifact_dir: str | None = None) -> None:
+        if resource not in ("macs", "params", "latency_ms"):
+            raise ValueError(f"resource must be 'macs', 'params' or 'latency_ms', got {resource!r}")
+        if pick not in ("max_score", "min_drop_per_resource"):
+            raise ValueError(f"pick must be 'max_score' or 'min_drop_per_resource', got {pick!r}")
+        if not 0 < initial_reduction < 1 or not 0 < decay <= 1:
+            raise ValueError("initial_reduction must be in (0, 1) and decay in (0, 1]")
+        self.resource = resource
+        self.initial_reduction = initial_reduction
+        self.decay = decay
+        self.pick = pick
+        self.criterion = criterion
+        self.artifact_dir = artifact_dir
+        self._base: dict[str, Any] = {}
+
+    # -- state, re-derived from the study --------------------------------------------
+    def _cost(self, ctx: SearchContext, plan: dict[str, float]) -> float:
+        return float(ctx.projector.costs(plan)[self.resource])
+
+    def _target(self, ctx: SearchContext) -> float:
+        return float(ctx.projector.targets.get(self.resource, 0.0))
+
+    def replay(self, ctx: SearchContext) -> _State:
+        trials = [t for t in ctx.study.get_trials(deepcopy=False) if TAG in t.user_attrs]
+        full = {n: 0.0 for n in ctx.names}
+        st = _State(0, full, None, None, None, self._cost(ctx, full))
+        while True:
+            props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration]
+            live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
+            if st.resource <= self._target(ctx):
+                st.done = True
+                return st
+            if not props:
+                return st
+            expected = props[0].user_attrs[TAG]["of"]
+            finished = [t for t in live if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+            if len(finished) < expected:
+                st.pending = True
+                return st
+            done = [t for t in finished if t.state == TrialState.COMPLETE and "netadapt_weights" in t.user_attrs]
+            if not done:
+                st.done = True  # every proposal failed: nothing to continue from
+                return st
+            best = max(done, key=lambda t: self._merit(ctx, st, t))
+            st.plan = dict(best.user_attrs["plan"])
+            st.keep = best.user_attrs["netadapt_keep"]
+            st.weights = best.user_attrs["netadapt_weights"]
+            st.score = best.values[0]
+            st.resource = self._cost(ctx, st.plan)
+            st.history.append(best.number)
+            st.iteration += 1
+
+    def _merit(self, ctx: SearchContext, st: _State, t: optuna.trial.FrozenTrial) -> float:
+        if self.pick == "max_score" or st.score is None:
+            return t.values[0]
+        saved = max(st.resource - self._cost(ctx, t.user_attrs["plan"]), 1e-12)
+        return -(st.score - t.values[0]) / saved
+
+    def finished(self, ctx: SearchContext) -> bool:
+        return self.replay(ctx).done
+
+    def prepare(self, ctx: SearchContext) -> bool:
+        """Enqueue the next iteration's proposals once the previous iteration is complete."""
+        st = self.replay(ctx)
+        if st.done:
+            return True
+        waiting = ctx.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if any(t.user_attrs.get(TAG, {}).get("iteration") == st.iteration for t in waiting):
+            return False
+        if st.pending:
+            return True  # the rest of this iteration is being evaluated elsewhere: nothing for this worker
+        target = max(st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay ** st.iteration,
+                     self._target(ctx))
+        proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
+        if not proposals:
+            return True
+        for plan, group in proposals:
+            ctx.study.enqueue_trial(plan, user_attrs={TAG: {"iteration": st.iteration, "group": group,
+                                                             "of": len(proposals)}})
+        return False
+
+    def _propose(self, ctx: SearchContext, st: _State, group: Any, target: float) -> tuple[dict, str] | None:
+        """The largest channel count of ``group`` whose network meets ``target`` (others unchanged)."""
+        space, r = ctx.space, ctx.space.round_to
+        current = space.kept_channels(st.plan)[group.name]
+        low = max(min(r, group.channels), int(-(-(1 - ctx.max_sparsity) * group.channels // 1)))
+
+        def plan_at(k: int) -> dict[str, float]:
+            return {**st.plan, group.name: 1.0 - k / group.channels}
+
+        if current <= low or self._cost(ctx, plan_at(low)) > target:
+            return None
+        lo, hi = low, current - 1  # lo meets the target; find the largest k that does
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._cost(ctx, plan_at(mid)) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        lo = max(low, lo - lo % r) if r > 1 else lo
+        return plan_at(lo), group.name
+
+    # -- building proposals from the current network --------------------------------------
+    def _store(self, ctx: SearchContext):  # noqa: ANN202
+        from optuna.artifacts import FileSystemArtifactStore
+
+        directory = self.artifact_dir
+        if directory is None:
+            url = getattr(ctx.study._storage, "url", "") or ""
+            directory = (str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
+                         if url.startswith("sqlite:///") else str(Path.cwd() / "autoprune-artifacts"))
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return FileSystemArtifactStore(directory)
+
+    def _current(self, ctx: SearchContext, st: _State) -> PruningSpace:
+        """The current network as a space on the original architecture (cached per iteration)."""
+        key = st.weights or "original"
+        if key not in self._base:
+            model = ctx.space.model
+            if st.weights is not None:
+                from optuna.artifacts import download_artifact
+
+                path = Path(tempfile.mkdtemp()) / "weights.pt"
+                download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=st.weights)
+                import copy
+
+                model = copy.deepcopy(model)
+                model.load_state_dict(torch.load(path, weights_only=True))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._base = {key: PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to,
+                                                verify=False)}
+        return self._base[key]
+
+    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
+        st = self.replay(ctx)
+        base = self._current(ctx, st)
+        scores = base.scores(self.criterion)
+        if st.keep is not None:
+            for name, kept in st.keep.items():
+                mask = torch.full_like(scores[name], float("-inf"))
+                mask[torch.tensor(kept, dtype=torch.long)] = 0.0
+                scores[name] = scores[name] + mask
+        keep = base.keep_indices(plan, scores)
+        by_atom = {g.atom: g.name for g in base.groups}
+        full = {g.name: list(range(g.channels)) for g in base.groups}
+        full.update({by_atom[a]: idx.tolist() for a, idx in keep.items()})
+        trial.set_user_attr("netadapt_keep", full)
+        self._pending = (base, keep)
+        return base._build(keep)
+
+    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: Any) -> None:
+        """Save the evaluated (fine-tuned) weights, scattered back to full size, as a study artifact."""
+        from optuna.artifacts import upload_artifact
+
+        base, keep = self._pending
+        indices = base.parameter_indices(keep)
+        state = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+        for name, value in model.state_dict().items():
+            dims = indices.get(name)
+            if not dims:
+                state[name] = value.detach().clone()
+                continue
+            grids = torch.meshgrid(*[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())],
+                                   indexing="ij")
+            state[name][grids] = value.detach()
+        path = Path(tempfile.mkdtemp()) / f"netadapt_trial_{trial.number}.pt"
+        torch.save(state, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aid = upload_artifact(artifact_store=self._store(ctx), file_path=str(path), study_or_trial=trial,
+                                  storage=ctx.study._storage)
+        trial.set_user_attr("netadapt_weights", aid)

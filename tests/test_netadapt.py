@@ -1,0 +1,90 @@
+"""NetAdapt: iterations of per-group proposals, weights carried over, resumable after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import autoprune as ap
+from autoprune.search import Projector
+from autoprune.search.strategies.netadapt import NetAdapt
+from autoprune.search.strategy import SearchContext
+
+SCRIPT = Path(__file__).parent / "scripts" / "search_digits.py"
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def _space() -> ap.PruningSpace:
+    torch.manual_seed(0)
+    model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
+    return ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
+
+
+def _state(url: str) -> tuple:
+    study = optuna.load_study(study_name="digits", storage=url)
+    space = _space()
+    ctx = SearchContext(space, Projector(space, ap.Budget(macs=0.6)), study, 0, 0.95)
+    return NetAdapt(initial_reduction=0.1).replay(ctx), study, space
+
+
+def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
+    straight = f"sqlite:///{tmp_path / 'straight.db'}"
+    subprocess.run([sys.executable, str(SCRIPT), straight, "500", "0", "netadapt"], env=ENV, check=True,
+                   capture_output=True, timeout=900)
+    st, study, space = _state(straight)
+    assert st.done and st.resource <= 0.6 * space.macs({})
+    iterations = {t.user_attrs["netadapt"]["iteration"] for t in study.trials}
+    assert len(st.history) == len(iterations) >= 3
+    # Each iteration proposes one plan per group, each meeting that iteration's (falling) target.
+    first = [t for t in study.trials if t.user_attrs["netadapt"]["iteration"] == 0]
+    assert len(first) == first[0].user_attrs["netadapt"]["of"] and len({t.user_attrs["netadapt"]["group"] for t in first}) == len(first)
+    assert all(t.user_attrs["macs"] <= 0.9 * space.macs({}) + 1 for t in first)
+    # The picked network's channels stay removed in later iterations (the weights carry over).
+    picked = study.trials[st.history[0]]
+    later = study.trials[st.history[-1]]
+    for name, kept in later.user_attrs["netadapt_keep"].items():
+        assert set(kept) <= set(picked.user_attrs["netadapt_keep"][name])
+
+    killed = f"sqlite:///{tmp_path / 'killed.db'}"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), killed, "500", "0.3", "netadapt"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            trials = optuna.load_study(study_name="digits", storage=killed).trials
+        except KeyError:
+            trials = []
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        if done >= first[0].user_attrs["netadapt"]["of"] + 2 and trials[-1].state == TrialState.RUNNING:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the NetAdapt subprocess made no progress")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run([sys.executable, str(SCRIPT), killed, "500", "0", "netadapt"], env=ENV, check=True,
+                   capture_output=True, timeout=900)
+    st2, study2, _ = _state(killed)
+    assert st2.done
+    plans = [study.trials[n].user_attrs["plan"] for n in st.history]
+    plans2 = [study2.trials[n].user_attrs["plan"] for n in st2.history]
+    assert plans2 == plans  # the same iterations and picks as the uninterrupted run
+    assert [study.trials[n].value for n in st.history] == [study2.trials[n].value for n in st2.history]
+    assert sum(bool(t.user_attrs.get("stale")) for t in study2.trials) == 1
+
+
+def test_bad_netadapt_options():
+    with pytest.raises(ValueError, match="resource"):
+        NetAdapt(resource="flops")
+    with pytest.raises(ValueError, match="pick"):
+        NetAdapt(pick="best")
