@@ -58,8 +58,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--budget", type=float, default=0.5)
-    parser.add_argument("--strategies", default="uniform,random,tpe,sa")
+    parser.add_argument("--strategies", default="uniform,random,tpe,sa,netadapt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--netadapt-finetune", type=int, default=20,
+                        help="NetAdapt's short-term fine-tune steps per proposal (counted in its row)")
+    parser.add_argument("--netadapt-reduction", type=float, default=0.12,
+                        help="NetAdapt's first resource reduction (fraction of the original per iteration)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,13 +80,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     for name in args.strategies.split(","):
         t0 = time.perf_counter()
-        study = ap.search(space, search_eval, budget, strategy=name, n_trials=args.trials,
+        evaluator, options = search_eval, {}
+        if name == "netadapt":
+            evaluator = AccuracyEvaluator(data.val, train_data=data.train, batches=8, bn_recalibration_batches=10,
+                                          finetune_steps=args.netadapt_finetune)
+            options = {"initial_reduction": args.netadapt_reduction}
+        study = ap.search(space, evaluator, budget, strategy=name, n_trials=args.trials, strategy_options=options,
                           storage=f"sqlite:///{tmp / (name + '.db')}", study_name=name, seed=0)
         seconds = time.perf_counter() - t0
         plan = ap.best_plan(study)
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
         test = test_eval(space.apply(plan))["accuracy"]
-        rows.append((name, len(done), study.best_value, test, space.macs(plan), space.params(plan), seconds))
+        label = f"netadapt ({args.netadapt_finetune} fine-tune steps per evaluation)" if name == "netadapt" else name
+        rows.append((label, len(done), study.best_value, test, space.macs(plan), space.params(plan), seconds))
         print(f"{name}: {len(done)} evaluations, val {study.best_value:.4f}, test {test:.4f}, {seconds:.0f} s", flush=True)
     target = budget.targets(space)["macs"]
     t0 = time.perf_counter()
