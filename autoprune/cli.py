@@ -169,7 +169,12 @@ def _export_best(setup: Setup, study: optuna.Study, out: Path, trial_number: int
             raise ValueError(f"trial {trial_number} does not exist or did not complete")
         plan = trial.user_attrs["plan"]
     budget = setup.config.budget.model_dump(exclude_none=True) if setup.config.budget else None
-    where = ap.export(setup.space, plan, out, criterion=setup.config.criterion, score=trial.values[0], budget=budget,
+    space, criterion = setup.space, setup.config.criterion
+    if "netadapt_weights" in trial.user_attrs:  # NetAdapt's network: its own channels and fine-tuned weights
+        from .search.strategies.netadapt import trial_network
+
+        space, criterion = trial_network(space, study, trial)
+    where = ap.export(space, plan, out, criterion=criterion, score=trial.values[0], budget=budget,
                       formats=tuple(setup.config.export.formats),
                       extra={"study": study.study_name, "trial": trial.number, "storage": setup.storage})
     _store_artifacts(study, trial, where, setup)

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 import autoprune as ap
 from autoprune.search import Projector
-from autoprune.search.strategies.netadapt import NetAdapt
+from autoprune.search.strategies.netadapt import NetAdapt, trial_network
 from autoprune.search.strategy import SearchContext
 
 SCRIPT = Path(__file__).parent / "scripts" / "search_digits.py"
@@ -53,6 +53,15 @@ def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
     later = study.trials[st.history[-1]]
     for name, kept in later.user_attrs["netadapt_keep"].items():
         assert set(kept) <= set(picked.user_attrs["netadapt_keep"][name])
+
+    # Export writes NetAdapt's own network: its channels and its fine-tuned weights.
+    best = study.best_trial
+    net, scores = trial_network(space, study, best)
+    out = ap.export(net, best.user_attrs["plan"], tmp_path / "best", criterion=scores)
+    model = ap.load(out, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
+    kept = best.user_attrs["netadapt_keep"]["layer2.1.conv1"]
+    assert torch.equal(model.layer2[1].conv1.weight, net.model.layer2[1].conv1.weight[kept])
+    assert not torch.equal(net.model.layer2[1].conv1.weight, space.model.layer2[1].conv1.weight)  # fine-tuned
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), killed, "500", "0.3", "netadapt"], env=ENV,

@@ -157,15 +157,7 @@ class NetAdapt(Strategy):
 
     # -- building proposals from the current network --------------------------------------
     def _store(self, ctx: SearchContext):  # noqa: ANN202
-        from optuna.artifacts import FileSystemArtifactStore
-
-        directory = self.artifact_dir
-        if directory is None:
-            url = getattr(ctx.study._storage, "url", "") or ""
-            directory = (str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
-                         if url.startswith("sqlite:///") else str(Path.cwd() / "autoprune-artifacts"))
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        return FileSystemArtifactStore(directory)
+        return artifact_store(ctx.study, self.artifact_dir)
 
     def _current(self, ctx: SearchContext, st: _State) -> PruningSpace:
         """The current network as a space on the original architecture (cached per iteration)."""
@@ -226,3 +218,41 @@ class NetAdapt(Strategy):
             aid = upload_artifact(artifact_store=self._store(ctx), file_path=str(path), study_or_trial=trial,
                                   storage=ctx.study._storage)
         trial.set_user_attr("netadapt_weights", aid)
+
+
+def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: ANN201
+    """Where NetAdapt keeps weights: next to a SQLite study, else ./autoprune-artifacts (or ``directory``)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    if directory is None:
+        url = getattr(study._storage, "url", "") or ""
+        directory = (str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
+                     if url.startswith("sqlite:///") else str(Path.cwd() / "autoprune-artifacts"))
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(directory)
+
+
+def trial_network(space: PruningSpace, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                  artifact_dir: str | None = None) -> tuple[PruningSpace, dict[str, torch.Tensor]]:
+    """A NetAdapt trial's own network: a space over its fine-tuned weights, and scores that keep its channels.
+
+    ``export(net_space, trial.user_attrs["plan"], out, criterion=scores)`` then writes exactly that network.
+    """
+    import copy
+
+    from optuna.artifacts import download_artifact
+
+    path = Path(tempfile.mkdtemp()) / "weights.pt"
+    download_artifact(artifact_store=artifact_store(study, artifact_dir), file_path=str(path),
+                      artifact_id=trial.user_attrs["netadapt_weights"])
+    model = copy.deepcopy(space.model)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = PruningSpace(model, space.example_inputs, round_to=space.round_to, verify=False)
+    scores = {}
+    for g in net.groups:
+        s = torch.zeros(g.channels, dtype=torch.float64)
+        s[torch.tensor(trial.user_attrs["netadapt_keep"][g.name], dtype=torch.long)] = 1.0
+        scores[g.name] = s
+    return net, scores
