@@ -92,7 +92,6 @@ def search(
     study.sampler = strat.sampler(ctx)
     strat.setup(ctx)
     dists = ctx.distributions()
-    names = ctx.names
     callbacks = list(callbacks)
     started = time.monotonic()
 
