@@ -90,7 +90,13 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         plan = ap.best_plan(study)
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
-        test = test_eval(space.apply(plan))["accuracy"]
+        if name == "netadapt":  # its own network: its channels and its carried, fine-tuned weights
+            from autoprune.search.strategies.netadapt import trial_network
+
+            net, keep_scores = trial_network(space, study, study.best_trial)
+            test = test_eval(net._build(net.keep_indices(plan, keep_scores)))["accuracy"]
+        else:
+            test = test_eval(space.apply(plan))["accuracy"]
         label = f"netadapt ({args.netadapt_finetune} fine-tune steps per evaluation)" if name == "netadapt" else name
         rows.append((label, len(done), study.best_value, test, space.macs(plan), space.params(plan), seconds))
         print(f"{name}: {len(done)} evaluations, val {study.best_value:.4f}, test {test:.4f}, {seconds:.0f} s", flush=True)
