@@ -66,3 +66,47 @@ def check_contract(model: nn.Module, inputs: Any, plans: list[dict[str, float]] 
     for a, b in zip(outputs(model, inputs), ref):
         assert torch.equal(a, b), "the original model's outputs changed"
     return space
+
+
+SEARCH_SCRIPT = __import__("pathlib").Path(__file__).parent / "scripts" / "search_digits.py"
+
+
+def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe") -> None:
+    """Run tests/scripts/search_digits.py to completion in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy], check=True,
+                   capture_output=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int) -> None:
+    """Start the search script and SIGKILL it once ``completed`` trials are done and another is RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import pytest
+    from optuna.trial import TrialState
+
+    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            trials = optuna.load_study(study_name="digits", storage=url).trials
+        except KeyError:
+            trials = []
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= completed and trials[-1].state == TrialState.RUNNING:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"the {strategy} search subprocess made no progress")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

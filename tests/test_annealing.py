@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+
+from helpers import kill_mid_trial, run_search
 
 import autoprune as ap
 from autoprune.data import load_digits
@@ -22,8 +18,6 @@ from autoprune.search import Projector, get_strategy
 from autoprune.search.strategies.annealing import SimulatedAnnealing
 from autoprune.search.strategy import SearchContext
 
-SCRIPT = Path(__file__).parent / "scripts" / "search_digits.py"
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def _complete(url: str) -> list[optuna.trial.FrozenTrial]:
@@ -32,28 +26,10 @@ def _complete(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_killed_chain_resumes_exactly_like_an_uninterrupted_one(tmp_path):
     straight = f"sqlite:///{tmp_path / 'straight.db'}"
-    subprocess.run([sys.executable, str(SCRIPT), straight, "12", "0", "sa"], env=ENV, check=True,
-                   capture_output=True, timeout=600)
-
+    run_search(straight, 12, strategy="sa")
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), killed, "12", "0.7", "sa"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            trials = optuna.load_study(study_name="digits", storage=killed).trials
-        except KeyError:
-            trials = []
-        if sum(t.state == TrialState.COMPLETE for t in trials) >= 8 and trials[-1].state == TrialState.RUNNING:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the annealing subprocess made no progress")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run([sys.executable, str(SCRIPT), killed, "12", "0", "sa"], env=ENV, check=True,
-                   capture_output=True, timeout=600)
+    kill_mid_trial(killed, 12, 0.7, "sa", completed=8)
+    run_search(killed, 12, strategy="sa")
 
     a, b = _complete(straight), _complete(killed)
     assert len(a) == len(b) == 12

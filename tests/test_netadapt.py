@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+
+from helpers import kill_mid_trial, run_search
 
 import autoprune as ap
 from autoprune.search import Projector
 from autoprune.search.strategies.netadapt import NetAdapt, trial_network
 from autoprune.search.strategy import SearchContext
 
-SCRIPT = Path(__file__).parent / "scripts" / "search_digits.py"
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def _space() -> ap.PruningSpace:
@@ -38,8 +31,7 @@ def _state(url: str) -> tuple:
 
 def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
     straight = f"sqlite:///{tmp_path / 'straight.db'}"
-    subprocess.run([sys.executable, str(SCRIPT), straight, "500", "0", "netadapt"], env=ENV, check=True,
-                   capture_output=True, timeout=900)
+    run_search(straight, 500, strategy="netadapt")
     st, study, space = _state(straight)
     assert st.done and st.resource <= 0.6 * space.macs({})
     iterations = {t.user_attrs["netadapt"]["iteration"] for t in study.trials}
@@ -64,25 +56,8 @@ def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
     assert not torch.equal(net.model.layer2[1].conv1.weight, space.model.layer2[1].conv1.weight)  # fine-tuned
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), killed, "500", "0.3", "netadapt"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            trials = optuna.load_study(study_name="digits", storage=killed).trials
-        except KeyError:
-            trials = []
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
-        if done >= first[0].user_attrs["netadapt"]["of"] + 2 and trials[-1].state == TrialState.RUNNING:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the NetAdapt subprocess made no progress")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run([sys.executable, str(SCRIPT), killed, "500", "0", "netadapt"], env=ENV, check=True,
-                   capture_output=True, timeout=900)
+    kill_mid_trial(killed, 500, 0.3, "netadapt", completed=first[0].user_attrs["netadapt"]["of"] + 2)
+    run_search(killed, 500, strategy="netadapt")
     st2, study2, _ = _state(killed)
     assert st2.done
     plans = [study.trials[n].user_attrs["plan"] for n in st.history]

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -14,12 +9,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from helpers import kill_mid_trial, run_search
+
 import autoprune as ap
 from autoprune.data import load_digits
 from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector
 
-SCRIPT = Path(__file__).parent / "scripts" / "search_digits.py"
 
 
 @pytest.fixture(scope="module")
@@ -143,27 +139,13 @@ def _states(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_resume_after_sigkill_mid_trial(tmp_path):
     url = _url(tmp_path)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), url, "6", "1.0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        trials = _states(url)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        if len(done) >= 2 and trials[-1].state == TrialState.RUNNING:
-            break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the search subprocess made no progress")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_trial(url, 6, 1.0, "tpe", completed=2)
     before = _states(url)
     killed = [t for t in before if t.state == TrialState.RUNNING]
     assert len(killed) == 1
     completed = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
 
-    subprocess.run([sys.executable, str(SCRIPT), url, "6"], env=env, check=True, capture_output=True, timeout=300)
+    run_search(url, 6)
     after = _states(url)
     stale = after[killed[0].number]
     assert stale.state == TrialState.FAIL and stale.user_attrs["stale"] is True
