@@ -6,5 +6,20 @@ from . import zoo  # noqa: E402
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params  # noqa: E402
 from .search import STRATEGIES, Budget, Strategy, best_plan, export, load, search  # noqa: E402
 
-__all__ = ["PruningSpace", "ChannelGroup", "Criterion", "CRITERIA", "count_macs", "count_params", "Budget", "search",
-           "best_plan", "export", "load", "STRATEGIES", "Strategy", "zoo", "__version__"]
+__all__ = [
+    "PruningSpace",
+    "ChannelGroup",
+    "Criterion",
+    "CRITERIA",
+    "count_macs",
+    "count_params",
+    "Budget",
+    "search",
+    "best_plan",
+    "export",
+    "load",
+    "STRATEGIES",
+    "Strategy",
+    "zoo",
+    "__version__",
+]

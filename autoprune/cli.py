@@ -1,8 +1,8 @@
 """The command line: study files in, searches, exports and reports out.
 
-    autoprune search studies/quickstart.yaml          # runs; run it again to resume
-    autoprune export studies/quickstart.yaml --out out/
-    autoprune show   studies/quickstart.yaml --plots out/plots
+autoprune search studies/quickstart.yaml          # runs; run it again to resume
+autoprune export studies/quickstart.yaml --out out/
+autoprune show   studies/quickstart.yaml --plots out/plots
 """
 
 from __future__ import annotations
@@ -100,8 +100,12 @@ def _fail(err: Exception) -> None:
 @app.command()
 def search(
     study_file: Path = typer.Argument(..., help="The study file (YAML)."),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Study-wide number of trials (overrides the file)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: SQLite file next to the study file)."),
+    n_trials: Optional[int] = typer.Option(
+        None, "--n-trials", help="Study-wide number of trials (overrides the file)."
+    ),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna storage URL (default: SQLite file next to the study file)."
+    ),
     export_dir: Optional[Path] = typer.Option(None, "--out", help="Where to export the best structure."),
 ) -> None:
     """Run (or resume) the search a study file describes, then export its best structure."""
@@ -117,28 +121,55 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = n_trials or config.n_trials
     space = setup.space
-    console.print(f"[bold]{config.study_name}[/]: {len(space.groups)} channel groups, "
-                  f"{space.macs({}) / 1e6:.1f} MMACs, {space.params({}) / 1e6:.3f} M params; storage {setup.storage}")
+    console.print(
+        f"[bold]{config.study_name}[/]: {len(space.groups)} channel groups, "
+        f"{space.macs({}) / 1e6:.1f} MMACs, {space.params({}) / 1e6:.3f} M params; storage {setup.storage}"
+    )
     logging.getLogger("autoprune").setLevel(logging.ERROR)
-    study = optuna.create_study(study_name=config.study_name, storage=setup.storage, load_if_exists=True,
-                                directions=["maximize", "minimize"] if config.multi_objective else ["maximize"])
-    study.set_user_attr("study_file", {"config": config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())})
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=setup.storage,
+        load_if_exists=True,
+        directions=["maximize", "minimize"] if config.multi_objective else ["maximize"],
+    )
+    study.set_user_attr(
+        "study_file", {"config": config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())}
+    )
     done = sum(1 for t in study.trials if t.state.is_finished() and not t.user_attrs.get("stale"))
-    with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("search", total=total, completed=min(done, total), best=_best_text(study))
 
         def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
             if t.state == TrialState.FAIL:
-                progress.console.print(f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get('error', ''))[-300:]}")
+                progress.console.print(
+                    f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get('error', ''))[-300:]}"
+                )
             progress.update(task, advance=1, best=_best_text(s))
 
         try:
-            study = ap.search(space, evaluator, budget, strategy=config.strategy.name, n_trials=total,
-                              storage=setup.storage, study_name=config.study_name, criterion=config.criterion,
-                              seed=config.seed, multi_objective=config.multi_objective,
-                              max_sparsity=config.max_sparsity, strategy_options=config.strategy.options,
-                              callbacks=[on_trial])
+            study = ap.search(
+                space,
+                evaluator,
+                budget,
+                strategy=config.strategy.name,
+                n_trials=total,
+                storage=setup.storage,
+                study_name=config.study_name,
+                criterion=config.criterion,
+                seed=config.seed,
+                multi_objective=config.multi_objective,
+                max_sparsity=config.max_sparsity,
+                strategy_options=config.strategy.options,
+                callbacks=[on_trial],
+            )
         except ValueError as err:
             _fail(err)
     _table(study, 5)
@@ -174,9 +205,16 @@ def _export_best(setup: Setup, study: optuna.Study, out: Path, trial_number: int
         from .search.strategies.netadapt import trial_network
 
         space, criterion = trial_network(space, study, trial)
-    where = ap.export(space, plan, out, criterion=criterion, score=trial.values[0], budget=budget,
-                      formats=tuple(setup.config.export.formats),
-                      extra={"study": study.study_name, "trial": trial.number, "storage": setup.storage})
+    where = ap.export(
+        space,
+        plan,
+        out,
+        criterion=criterion,
+        score=trial.values[0],
+        budget=budget,
+        formats=tuple(setup.config.export.formats),
+        extra={"study": study.study_name, "trial": trial.number, "storage": setup.storage},
+    )
     _store_artifacts(study, trial, where, setup)
     return where
 
@@ -200,8 +238,9 @@ def _store_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in ("structure.json", "weights.pt"):
-            ids[name] = upload_artifact(artifact_store=store, file_path=str(out / name), study_or_trial=study,
-                                        storage=study._storage)
+            ids[name] = upload_artifact(
+                artifact_store=store, file_path=str(out / name), study_or_trial=study, storage=study._storage
+            )
     exported = dict(study.user_attrs.get("exported_trials", {}))
     exported[str(trial.number)] = {"artifacts": ids, "artifact_dir": str(store_dir)}
     study.set_user_attr("exported_trials", exported)
@@ -242,8 +281,15 @@ def show(
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
     if as_json:
-        rows = [{"number": t.number, "score": t.values[0], "macs": t.user_attrs.get("macs"),
-                 "params": t.user_attrs.get("params")} for t in _ranked(s)[:top]]
+        rows = [
+            {
+                "number": t.number,
+                "score": t.values[0],
+                "macs": t.user_attrs.get("macs"),
+                "params": t.user_attrs.get("params"),
+            }
+            for t in _ranked(s)[:top]
+        ]
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:
         _table(s, top)
@@ -262,14 +308,20 @@ def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def _table(study: optuna.Study, top: int) -> None:
     trials = study.trials
     counts = {st.name: sum(t.state == st for t in trials) for st in TrialState}
-    table = Table(title=f"{study.study_name}: {counts['COMPLETE']} complete, {counts['FAIL']} failed, "
-                        f"{counts['RUNNING']} running")
+    table = Table(
+        title=f"{study.study_name}: {counts['COMPLETE']} complete, {counts['FAIL']} failed, {counts['RUNNING']} running"
+    )
     for col in ("trial", "score", "MMACs", "params", "strategy", "seconds"):
         table.add_column(col, justify="right")
     for t in _ranked(study)[:top]:
-        table.add_row(str(t.number), f"{t.values[0]:.4f}", f"{t.user_attrs.get('macs', 0) / 1e6:.2f}",
-                      f"{t.user_attrs.get('params', 0):,}", str(t.user_attrs.get("strategy", "")),
-                      f"{t.user_attrs.get('eval_seconds', 0):.1f}")
+        table.add_row(
+            str(t.number),
+            f"{t.values[0]:.4f}",
+            f"{t.user_attrs.get('macs', 0) / 1e6:.2f}",
+            f"{t.user_attrs.get('params', 0):,}",
+            str(t.user_attrs.get("strategy", "")),
+            f"{t.user_attrs.get('eval_seconds', 0):.1f}",
+        )
     console.print(table)
 
 

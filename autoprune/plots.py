@@ -54,7 +54,12 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
 def _pareto(trials: list) -> list:
     """Trials not dominated in (higher score, fewer MACs)."""
     return [
-        t for t in trials
-        if not any(o.values[0] >= t.values[0] and o.user_attrs["macs"] <= t.user_attrs["macs"]
-                   and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"]) for o in trials)
+        t
+        for t in trials
+        if not any(
+            o.values[0] >= t.values[0]
+            and o.user_attrs["macs"] <= t.user_attrs["macs"]
+            and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"])
+            for o in trials
+        )
     ]

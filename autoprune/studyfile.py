@@ -46,8 +46,10 @@ class ModelSpec(_Strict):
 
             if self.zoo not in zoo.MODELS:
                 close = difflib.get_close_matches(self.zoo, list(zoo.MODELS), n=3)
-                raise ValueError(f"unknown zoo model {self.zoo!r}; allowed: {', '.join(zoo.MODELS)}"
-                                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(
+                    f"unknown zoo model {self.zoo!r}; allowed: {', '.join(zoo.MODELS)}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
         if any(s < 1 for s in self.input_shape):
             raise ValueError("input_shape entries must be positive")
         return self
@@ -161,12 +163,25 @@ def parse_study(raw: dict, path: Path | str = "<study>", text: str | None = None
                 for part in loc[:-1]:
                     fld = getattr(parent, "model_fields", {}).get(part)
                     ann = getattr(fld, "annotation", None)
-                    parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None) if ann else None
+                    parent = (
+                        next(
+                            (
+                                a
+                                for a in getattr(ann, "__args__", (ann,))
+                                if isinstance(a, type) and issubclass(a, BaseModel)
+                            ),
+                            None,
+                        )
+                        if ann
+                        else None
+                    )
                     if parent is None:
                         break
                 allowed = list(parent.model_fields) if parent is not None else []
                 close = difflib.get_close_matches(loc[-1], allowed, n=1)
-                msg = f"unknown key; allowed keys here: {', '.join(allowed)}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                msg = f"unknown key; allowed keys here: {', '.join(allowed)}" + (
+                    f" (did you mean {close[0]!r}?)" if close else ""
+                )
             lines.append(f"{where}: {key}: {msg}")
         raise StudyFileError("invalid study file:\n  " + "\n  ".join(lines)) from None
 

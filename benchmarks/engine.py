@@ -54,8 +54,19 @@ BENCH_MD = ROOT / "BENCHMARKS.md"
 START, END = "<!-- engine:start -->", "<!-- engine:end -->"
 
 MODELS = [
-    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121",
-    "googlenet", "inception_v3", "shufflenet_v2_x1_0", "regnet_y_400mf", "convnext_tiny", "vit_b_16", "swin_t",
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "shufflenet_v2_x1_0",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
 ]
 QUICK_MODELS = ["resnet18", "mobilenet_v2", "vit_b_16"]
 NUM_CLASSES = 1000
@@ -158,8 +169,9 @@ class OursWorker:
     """autoprune side."""
 
     def ping(self) -> bool:
-        import autoprune  # noqa: F401
         import torchvision  # noqa: F401
+
+        import autoprune  # noqa: F401
 
         return True
 
@@ -235,8 +247,13 @@ class OursWorker:
             shapes_ok, finite = describe_outputs(run_model(pruned, self.x), self.ref_shapes)
             res.update(runs=True, shape_ok=shapes_ok, finite=finite)
         except Exception as err:  # noqa: BLE001
-            res.update(runs=False, shape_ok=False, finite=False, run_error=f"{type(err).__name__}: {err}",
-                       run_tb=traceback.format_exc())
+            res.update(
+                runs=False,
+                shape_ok=False,
+                finite=False,
+                run_error=f"{type(err).__name__}: {err}",
+                run_tb=traceback.format_exc(),
+            )
         return res
 
     def coverage(self, name: str) -> dict:
@@ -258,11 +275,19 @@ class OursWorker:
         t3 = time.perf_counter()
         shapes_ok, finite = describe_outputs(run_model(pruned, x), ref_shapes)
         res = {
-            "input": size, "groups": len(space.groups), "shape_ok": shapes_ok, "finite": finite,
-            "macs_pred": int(space.macs(plan)), "macs_meas": int(ap.count_macs(pruned, x)),
-            "params_pred": int(space.params(plan)), "params_meas": int(ap.count_params(pruned)),
-            "macs_base": int(ap.count_macs(model, x)), "params_base": int(ap.count_params(model)),
-            "build_s": t1 - t0, "analysis_s": t2 - t1, "apply_s": t3 - t2,
+            "input": size,
+            "groups": len(space.groups),
+            "shape_ok": shapes_ok,
+            "finite": finite,
+            "macs_pred": int(space.macs(plan)),
+            "macs_meas": int(ap.count_macs(pruned, x)),
+            "params_pred": int(space.params(plan)),
+            "params_meas": int(ap.count_params(pruned)),
+            "macs_base": int(ap.count_macs(model, x)),
+            "params_base": int(ap.count_params(model)),
+            "build_s": t1 - t0,
+            "analysis_s": t2 - t1,
+            "apply_s": t3 - t2,
             "warnings": sorted({short(str(w.message), 160) for w in caught if "autoprune" in str(w.message)}),
         }
         problems = []
@@ -284,7 +309,8 @@ def tp_config(model) -> tuple[list, dict]:
     from torch import nn
 
     ignored = [
-        m for m in model.modules()
+        m
+        for m in model.modules()
         if (isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES)
         or (isinstance(m, nn.Conv2d) and m.out_channels == NUM_CLASSES)
     ]
@@ -324,8 +350,12 @@ def tp_prune(model, x):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.BasePruner(
-            model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=RATIO,
-            ignored_layers=ignored, num_heads=num_heads,
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=RATIO,
+            ignored_layers=ignored,
+            num_heads=num_heads,
         )
         t1 = time.perf_counter()
         phase("step")
@@ -339,9 +369,10 @@ class TPWorker:
     """Torch-Pruning side."""
 
     def ping(self) -> bool:
-        import autoprune  # noqa: F401
         import torch_pruning  # noqa: F401
         import torchvision  # noqa: F401
+
+        import autoprune  # noqa: F401
 
         return True
 
@@ -404,8 +435,15 @@ class TPWorker:
         params_base = ap.count_params(model)
         init, step = tp_prune(model, x)
         shapes_ok, finite = describe_outputs(run_model(model, x), ref_shapes)
-        res = {"input": size, "shape_ok": shapes_ok, "finite": finite, "params_base": params_base,
-               "params": ap.count_params(model), "init_s": init, "step_s": step}
+        res = {
+            "input": size,
+            "shape_ok": shapes_ok,
+            "finite": finite,
+            "params_base": params_base,
+            "params": ap.count_params(model),
+            "init_s": init,
+            "step_s": step,
+        }
         problems = []
         if not shapes_ok:
             problems.append("output shape changed")
@@ -552,8 +590,15 @@ def bench_model(name: str, quick: bool, log) -> dict:
     n_apply_rounds = APPLY_ROUNDS[quick]
     applies_per_round = APPLIES_PER_ROUND
     size = bench_size(name)
-    res: dict[str, Any] = {"model": name, "input": size, "ours": {}, "tp": {}, "ours_error": None, "tp_error": None,
-                           "tracebacks": []}
+    res: dict[str, Any] = {
+        "model": name,
+        "input": size,
+        "ours": {},
+        "tp": {},
+        "ours_error": None,
+        "tp_error": None,
+        "tracebacks": [],
+    }
     ours, theirs = Worker("ours"), Worker("tp")
     o, t = res["ours"], res["tp"]
 
@@ -725,8 +770,12 @@ def latency(depths: list[int], batches: list[int], quick: bool, log) -> list[dic
             load_error = short(f"{type(err).__name__}: {err}")
         with torch.no_grad():
             same = load_error is None and torch.allclose(pruned(x1), hand(x1), atol=1e-5)
-        macs = {"full": ap.count_macs(full, x1), "pruned": ap.count_macs(pruned, x1),
-                "hand": ap.count_macs(hand, x1), "pred": space.macs(plan)}
+        macs = {
+            "full": ap.count_macs(full, x1),
+            "pruned": ap.count_macs(pruned, x1),
+            "hand": ap.count_macs(hand, x1),
+            "pred": space.macs(plan),
+        }
         for batch in batches:
             x = torch.randn(batch, 3, 32, 32)
             models = {"full": full, "pruned": pruned, "hand": hand}
@@ -754,14 +803,24 @@ def latency(depths: list[int], batches: list[int], quick: bool, log) -> list[dic
             med = {k: statistics.median(v) for k, v in times.items()}
             q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
             row = {
-                "model": f"resnet{depth}", "batch": batch, "widths": widths, "same_output": bool(same),
-                "load_error": load_error, "macs": macs, "ms": {k: v * 1e3 for k, v in med.items()},
-                "ratio": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2], "ratio_rounds": ratios,
+                "model": f"resnet{depth}",
+                "batch": batch,
+                "widths": widths,
+                "same_output": bool(same),
+                "load_error": load_error,
+                "macs": macs,
+                "ms": {k: v * 1e3 for k, v in med.items()},
+                "ratio": statistics.median(ratios),
+                "ratio_q1": q[0],
+                "ratio_q3": q[2],
+                "ratio_rounds": ratios,
                 "speedup": med["full"] / med["pruned"],
             }
             rows.append(row)
-            log(f"  resnet{depth} batch {batch}: full {row['ms']['full']:.3f} ms, pruned {row['ms']['pruned']:.3f} ms, "
-                f"hand {row['ms']['hand']:.3f} ms, pruned/hand {row['ratio']:.3f}, speed-up {row['speedup']:.2f}x")
+            log(
+                f"  resnet{depth} batch {batch}: full {row['ms']['full']:.3f} ms, pruned {row['ms']['pruned']:.3f} ms, "
+                f"hand {row['ms']['hand']:.3f} ms, pruned/hand {row['ratio']:.3f}, speed-up {row['speedup']:.2f}x"
+            )
     return rows
 
 
@@ -781,8 +840,8 @@ def describe_autoprune(head: str, dirty: bool) -> str:
 
 def machine_info() -> dict:
     import torch
-    import torchvision
     import torch_pruning as tp
+    import torchvision
 
     cpu = platform.processor() or "unknown"
     try:
@@ -805,9 +864,13 @@ def machine_info() -> dict:
         tp_dist = "?"
     dirty = git("status", "--porcelain", "--", "autoprune")
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "tp": tp_dist, "tp_module": getattr(tp, "__version__", "?"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "tp": tp_dist,
+        "tp_module": getattr(tp, "__version__", "?"),
         "commit": describe_autoprune(git("rev-parse", "--short", "HEAD"), bool(dirty)),
     }
 
@@ -850,19 +913,26 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
             continue
         cmd.append(a)
     partial = args.skip_models or args.skip_coverage or args.skip_latency or args.coverage_models or args.models
-    mode = ("quick run: fewer repeats, no coverage sweep" if args.quick
-            else "partial run" if partial else "full run")
+    mode = "quick run: fewer repeats, no coverage sweep" if args.quick else "partial run" if partial else "full run"
     L.append("## Engine: autoprune vs Torch-Pruning")
     L.append("")
-    L.append(f"Generated {today} by `python benchmarks/engine.py{''.join(' ' + c for c in cmd)}` ({mode}; "
-             f"the whole run took {wall / 60:.1f} min).")
+    L.append(
+        f"Generated {today} by `python benchmarks/engine.py{''.join(' ' + c for c in cmd)}` ({mode}; "
+        f"the whole run took {wall / 60:.1f} min)."
+    )
     L.append("")
-    L.append(f"- Machine: {info['cpu']}, {info['cores']} cores; every measurement uses "
-             "`torch.set_num_threads(1)`; other processes may have shared the machine.")
-    L.append(f"- Software: Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-             f"torch-pruning {info['tp']} (its `__version__` says {info['tp_module']}), autoprune {info['commit']}.")
-    L.append("- Re-run: `python benchmarks/engine.py` (full, writes this section), "
-             "`--quick` (3 models, no coverage), `--models a,b,c` (pick the per-model list).")
+    L.append(
+        f"- Machine: {info['cpu']}, {info['cores']} cores; every measurement uses "
+        "`torch.set_num_threads(1)`; other processes may have shared the machine."
+    )
+    L.append(
+        f"- Software: Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"torch-pruning {info['tp']} (its `__version__` says {info['tp_module']}), autoprune {info['commit']}."
+    )
+    L.append(
+        "- Re-run: `python benchmarks/engine.py` (full, writes this section), "
+        "`--quick` (3 models, no coverage), `--models a,b,c` (pick the per-model list)."
+    )
     L.append("")
 
     # ---- targets
@@ -881,43 +951,60 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
     if valid_sp:
         met = sum(s >= TARGET_APPLY_SPEEDUP for s in valid_sp)
         met0 = sum(s >= TARGET_APPLY_SPEEDUP for s in valid_sp0)
-        L.append(f"| apply ≥ {TARGET_APPLY_SPEEDUP:.0f}× faster than Torch-Pruning's prune step | "
-                 f"vs TP deepcopy+step: {met}/{len(valid_sp)} models, geomean {fmt_x(geomean(valid_sp))}, "
-                 f"min {fmt_x(min(valid_sp))}; vs TP step alone: {met0}/{len(valid_sp0)}, geomean "
-                 f"{fmt_x(geomean(valid_sp0))}, min {fmt_x(min(valid_sp0))} | "
-                 f"{'yes' if met == len(valid_sp) else 'partly' if met else 'no'} |")
+        L.append(
+            f"| apply ≥ {TARGET_APPLY_SPEEDUP:.0f}× faster than Torch-Pruning's prune step | "
+            f"vs TP deepcopy+step: {met}/{len(valid_sp)} models, geomean {fmt_x(geomean(valid_sp))}, "
+            f"min {fmt_x(min(valid_sp))}; vs TP step alone: {met0}/{len(valid_sp0)}, geomean "
+            f"{fmt_x(geomean(valid_sp0))}, min {fmt_x(min(valid_sp0))} | "
+            f"{'yes' if met == len(valid_sp) else 'partly' if met else 'no'} |"
+        )
     else:
         L.append("| apply ≥ 5× faster than Torch-Pruning's prune step | no model where both ran | — |")
     if valid_an:
         met = sum(a <= 1.0 for a in valid_an)
-        L.append(f"| analysis no slower than TP's graph build | ours/TP {met}/{len(valid_an)} models ≤ 1, geomean "
-                 f"{geomean(valid_an):.2f}, range {min(valid_an):.2f}–{max(valid_an):.2f} | "
-                 f"{'yes' if met == len(valid_an) else 'partly' if met else 'no'} |")
-    L.append(f"| cost of a plan ≤ {TARGET_MACS_US:.0f} µs on ResNet-50 | "
-             + (f"{r50_us:.1f} µs | {'yes' if r50_us <= TARGET_MACS_US else 'no'} |" if r50_us is not None
-                else "not measured in this run | — |"))
+        L.append(
+            f"| analysis no slower than TP's graph build | ours/TP {met}/{len(valid_an)} models ≤ 1, geomean "
+            f"{geomean(valid_an):.2f}, range {min(valid_an):.2f}–{max(valid_an):.2f} | "
+            f"{'yes' if met == len(valid_an) else 'partly' if met else 'no'} |"
+        )
+    L.append(
+        f"| cost of a plan ≤ {TARGET_MACS_US:.0f} µs on ResNet-50 | "
+        + (
+            f"{r50_us:.1f} µs | {'yes' if r50_us <= TARGET_MACS_US else 'no'} |"
+            if r50_us is not None
+            else "not measured in this run | — |"
+        )
+    )
     if lat:
         lo, hi = TARGET_LATENCY
         inside = [r for r in lat if lo <= r["ratio"] <= hi]
-        L.append(f"| pruned/hand-built latency in {lo}–{hi} | {len(inside)}/{len(lat)} configurations, "
-                 f"range {min(r['ratio'] for r in lat):.3f}–{max(r['ratio'] for r in lat):.3f} | "
-                 f"{'yes' if len(inside) == len(lat) else 'partly' if inside else 'no'} |")
+        L.append(
+            f"| pruned/hand-built latency in {lo}–{hi} | {len(inside)}/{len(lat)} configurations, "
+            f"range {min(r['ratio'] for r in lat):.3f}–{max(r['ratio'] for r in lat):.3f} | "
+            f"{'yes' if len(inside) == len(lat) else 'partly' if inside else 'no'} |"
+        )
     if cov:
         n = len(cov["ours"])
-        L.append(f"| coverage (informational) | ours {sum(r.get('ok', False) for r in cov['ours'].values())}/{n}, "
-                 f"Torch-Pruning {sum(r.get('ok', False) for r in cov['tp'].values())}/{n} | — |")
+        L.append(
+            f"| coverage (informational) | ours {sum(r.get('ok', False) for r in cov['ours'].values())}/{n}, "
+            f"Torch-Pruning {sum(r.get('ok', False) for r in cov['tp'].values())}/{n} | — |"
+        )
     L.append("")
 
     # ---- per-model timings
     L.append("### Per model: analysis and apply (batch 1, 224×224; inception_v3 299×299)")
     L.append("")
-    L.append("Uniform 50% plan, L2-magnitude criterion on both sides. *Speed-up* = Torch-Pruning time / ours "
-             "(higher is better for us); *analysis ratio* = ours / TP (≤ 1 meets the target).")
+    L.append(
+        "Uniform 50% plan, L2-magnitude criterion on both sides. *Speed-up* = Torch-Pruning time / ours "
+        "(higher is better for us); *analysis ratio* = ours / TP (≤ 1 meets the target)."
+    )
     L.append("")
-    L.append("| model | groups | analysis (ours) | ours with `verify=False` | TP graph build | analysis ratio ours/TP "
-             "| first apply (ours, incl. scoring) "
-             "| apply (ours, steady) | TP step | TP deepcopy + step | speed-up vs TP deepcopy+step | speed-up vs TP step "
-             "| `space.macs(plan)` |")
+    L.append(
+        "| model | groups | analysis (ours) | ours with `verify=False` | TP graph build | analysis ratio ours/TP "
+        "| first apply (ours, incl. scoring) "
+        "| apply (ours, steady) | TP step | TP deepcopy + step | speed-up vs TP deepcopy+step | speed-up vs TP step "
+        "| `space.macs(plan)` |"
+    )
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m, sp, sp0, a in zip(models, speedups, speedups_nocopy, an):
         o, t = m["ours"], m["tp"]
@@ -926,25 +1013,33 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
         tp_step = fmt_s(t.get("step")) if t.get("step") is not None else (short(tp_err, 40) if tp_err else "—")
         name = m["model"] + (f" (ours failed: {short(m['ours_error'], 60)})" if m["ours_error"] else "")
         macs_us = f"{o['macs_us']:.1f} µs" if o.get("macs_us") is not None else "—"
-        L.append(f"| {name} | {o.get('groups', '—')} | {fmt_s(o.get('analysis'))} | "
-                 f"{fmt_s(o.get('analysis_noverify'))} | {tp_build} | "
-                 f"{'—' if a is None else f'{a:.2f}'} | {fmt_s(o.get('first_apply'))} | {fmt_s(o.get('apply'))} | "
-                 f"{tp_step} | {fmt_s(t.get('copy_step'))} | {fmt_x(sp)} | {fmt_x(sp0)} | {macs_us} |")
+        L.append(
+            f"| {name} | {o.get('groups', '—')} | {fmt_s(o.get('analysis'))} | "
+            f"{fmt_s(o.get('analysis_noverify'))} | {tp_build} | "
+            f"{'—' if a is None else f'{a:.2f}'} | {fmt_s(o.get('first_apply'))} | {fmt_s(o.get('apply'))} | "
+            f"{tp_step} | {fmt_s(t.get('copy_step'))} | {fmt_x(sp)} | {fmt_x(sp0)} | {macs_us} |"
+        )
     L.append("")
-    L.append("Torch-Pruning has no analytic cost model; the closest it offers is `tp.utils.count_ops_and_params`, "
-             "which runs the model, so the last column has no TP counterpart.")
+    L.append(
+        "Torch-Pruning has no analytic cost model; the closest it offers is `tp.utils.count_ops_and_params`, "
+        "which runs the model, so the last column has no TP counterpart."
+    )
     L.append("")
 
     # ---- correctness
     L.append("### Per model: correctness of the pruned models")
     L.append("")
-    L.append("*MACs/params exact*: `space.macs(plan) == ap.count_macs(pruned, x)` and `space.params(plan) == "
-             "ap.count_params(pruned)`. *Kept* columns: MACs and parameters of the pruned model as a fraction of "
-             "the original, both measured with `ap.count_macs` / `ap.count_params` (the two libraries prune "
-             "different sets of layers at \"50%\", so these differ).")
+    L.append(
+        "*MACs/params exact*: `space.macs(plan) == ap.count_macs(pruned, x)` and `space.params(plan) == "
+        "ap.count_params(pruned)`. *Kept* columns: MACs and parameters of the pruned model as a fraction of "
+        "the original, both measured with `ap.count_macs` / `ap.count_params` (the two libraries prune "
+        'different sets of layers at "50%", so these differ).'
+    )
     L.append("")
-    L.append("| model | MACs exact | params exact | ours runs, same output shape | ours MACs / params kept "
-             "| TP runs, same output shape | TP MACs / params kept |")
+    L.append(
+        "| model | MACs exact | params exact | ours runs, same output shape | ours MACs / params kept "
+        "| TP runs, same output shape | TP MACs / params kept |"
+    )
     L.append("|---|---|---|---|---:|---|---:|")
     for m in models:
         c, tc = m["ours"].get("check"), m["tp"].get("check")
@@ -954,16 +1049,19 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
             params_ok = c["params_pred"] == c["params_meas"]
             params_cell = yes(params_ok) + ("" if params_ok else f" ({c['params_pred']} vs {c['params_meas']})")
             runs = yes(c["runs"] and c["shape_ok"] and c["finite"]) + (
-                f" ({short(c.get('run_error', ''), 60)})" if not c["runs"] else "")
+                f" ({short(c.get('run_error', ''), 60)})" if not c["runs"] else ""
+            )
             kept = f"{c['macs_meas'] / c['macs_base']:.2f} / {c['params_meas'] / c['params_base']:.2f}"
         else:
             macs_cell = params_cell = runs = "—"
             kept = "—"
         if tc:
             truns = yes(tc["runs"] and tc["shape_ok"] and tc["finite"]) + (
-                f" ({short(tc.get('run_error', ''), 60)})" if not tc["runs"] else "")
-            tkept = (f"{tc['macs'] / tc['macs_base']:.2f} / {tc['params'] / tc['params_base']:.2f}"
-                     if "macs" in tc else "—")
+                f" ({short(tc.get('run_error', ''), 60)})" if not tc["runs"] else ""
+            )
+            tkept = (
+                f"{tc['macs'] / tc['macs_base']:.2f} / {tc['params'] / tc['params_base']:.2f}" if "macs" in tc else "—"
+            )
         else:
             truns = short(m["tp_error"], 60) if m["tp_error"] else "—"
             tkept = "—"
@@ -979,11 +1077,13 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
         n = len(cov["ours"])
         ok_o = sorted(k for k, r in cov["ours"].items() if r.get("ok"))
         ok_t = sorted(k for k, r in cov["tp"].items() if r.get("ok"))
-        L.append(f"Random weights, batch 1, 64×64 inputs (inception_v3 299, maxvit_t 224, vit_* built with "
-                 f"`image_size=32`, vit_h_14 with 28), each library in its own process with a "
-                 f"{COVERAGE_TIMEOUT:.0f} s limit, uniform 50%. Ours passes when the pruned model runs, keeps the "
-                 "output shape, gives finite outputs and its predicted MACs and parameters equal the measured ones; "
-                 "Torch-Pruning passes when its pruned model runs and keeps the output shape (finite outputs).")
+        L.append(
+            f"Random weights, batch 1, 64×64 inputs (inception_v3 299, maxvit_t 224, vit_* built with "
+            f"`image_size=32`, vit_h_14 with 28), each library in its own process with a "
+            f"{COVERAGE_TIMEOUT:.0f} s limit, uniform 50%. Ours passes when the pruned model runs, keeps the "
+            "output shape, gives finite outputs and its predicted MACs and parameters equal the measured ones; "
+            "Torch-Pruning passes when its pruned model runs and keeps the output shape (finite outputs)."
+        )
         L.append("")
         L.append(f"**ours {len(ok_o)}/{n}, Torch-Pruning {len(ok_t)}/{n}.**")
         L.append("")
@@ -997,18 +1097,28 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
             else:
                 L.append(f"{label} failures: none.")
             L.append("")
-        low_o = sorted((k, r["params_meas"] / r["params_base"]) for k, r in cov["ours"].items()
-                       if r.get("ok") and r["params_meas"] > 0.9 * r["params_base"])
-        low_t = sorted((k, r["params"] / r["params_base"]) for k, r in cov["tp"].items()
-                       if r.get("ok") and r["params"] > 0.9 * r["params_base"])
-        L.append("Passed but kept more than 90% of the parameters (little was actually pruned): "
-                 f"ours: {', '.join(f'`{k}` ({v:.2f})' for k, v in low_o) or 'none'}; "
-                 f"Torch-Pruning: {', '.join(f'`{k}` ({v:.2f})' for k, v in low_t) or 'none'}.")
+        low_o = sorted(
+            (k, r["params_meas"] / r["params_base"])
+            for k, r in cov["ours"].items()
+            if r.get("ok") and r["params_meas"] > 0.9 * r["params_base"]
+        )
+        low_t = sorted(
+            (k, r["params"] / r["params_base"])
+            for k, r in cov["tp"].items()
+            if r.get("ok") and r["params"] > 0.9 * r["params_base"]
+        )
+        L.append(
+            "Passed but kept more than 90% of the parameters (little was actually pruned): "
+            f"ours: {', '.join(f'`{k}` ({v:.2f})' for k, v in low_o) or 'none'}; "
+            f"Torch-Pruning: {', '.join(f'`{k}` ({v:.2f})' for k, v in low_t) or 'none'}."
+        )
         kept_o = [r["params_meas"] / r["params_base"] for r in cov["ours"].values() if r.get("ok")]
         kept_t = [r["params"] / r["params_base"] for r in cov["tp"].values() if r.get("ok")]
         if kept_o and kept_t:
-            L.append(f"Median parameters kept among passing models: ours {statistics.median(kept_o):.2f}, "
-                     f"Torch-Pruning {statistics.median(kept_t):.2f}.")
+            L.append(
+                f"Median parameters kept among passing models: ours {statistics.median(kept_o):.2f}, "
+                f"Torch-Pruning {statistics.median(kept_t):.2f}."
+            )
         warned = sorted(k for k, r in cov["ours"].items() if r.get("warnings"))
         if warned:
             L.append(f"autoprune warned (frozen or unanalysed channels) on: {', '.join(f'`{k}`' for k in warned)}.")
@@ -1018,31 +1128,39 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
     L.append("### Latency: pruned zoo ResNets vs the same widths hand-built")
     L.append("")
     if lat:
-        L.append("3×32×32 inputs, eval, `torch.inference_mode()`, 1 thread. Random fixed plan (seeded, every group's "
-                 "sparsity uniform in [0.2, 0.7]) applied with `space.apply`; the hand-built model is "
-                 "`zoo.ResNetCIFAR(depth, in_channels=3, **pruned.widths())` loaded with the pruned weights. "
-                 f"Each of {LAT_ROUNDS_QUICK if args.quick else LAT_ROUNDS} rounds times the pruned and the "
-                 "hand-built model back to back (alternating which goes first; "
-                 "`torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.1)` medians), then the full model. "
-                 "*pruned / hand-built* is the median of the per-round ratios (interquartile range in brackets); "
-                 "the ms columns are medians over rounds.")
+        L.append(
+            "3×32×32 inputs, eval, `torch.inference_mode()`, 1 thread. Random fixed plan (seeded, every group's "
+            "sparsity uniform in [0.2, 0.7]) applied with `space.apply`; the hand-built model is "
+            "`zoo.ResNetCIFAR(depth, in_channels=3, **pruned.widths())` loaded with the pruned weights. "
+            f"Each of {LAT_ROUNDS_QUICK if args.quick else LAT_ROUNDS} rounds times the pruned and the "
+            "hand-built model back to back (alternating which goes first; "
+            "`torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.1)` medians), then the full model. "
+            "*pruned / hand-built* is the median of the per-round ratios (interquartile range in brackets); "
+            "the ms columns are medians over rounds."
+        )
         L.append("")
-        L.append("| model | batch | MACs full → pruned (per image) | full | pruned (`space.apply`) | hand-built "
-                 "| pruned / hand-built | target 0.97–1.03 | speed-up vs full | same outputs |")
+        L.append(
+            "| model | batch | MACs full → pruned (per image) | full | pruned (`space.apply`) | hand-built "
+            "| pruned / hand-built | target 0.97–1.03 | speed-up vs full | same outputs |"
+        )
         L.append("|---|---:|---|---:|---:|---:|---:|---|---:|---|")
         lo, hi = TARGET_LATENCY
         for r in lat:
-            L.append(f"| {r['model']} | {r['batch']} | {r['macs']['full'] / 1e6:.1f}M → {r['macs']['pruned'] / 1e6:.1f}M "
-                     f"| {r['ms']['full']:.3f} ms | {r['ms']['pruned']:.3f} ms | {r['ms']['hand']:.3f} ms "
-                     f"| {r['ratio']:.3f} [{r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}] "
-                     f"| {'met' if lo <= r['ratio'] <= hi else '**missed**'} | "
-                     f"{r['speedup']:.2f}× | {yes(r['same_output'])} |")
+            L.append(
+                f"| {r['model']} | {r['batch']} | {r['macs']['full'] / 1e6:.1f}M → {r['macs']['pruned'] / 1e6:.1f}M "
+                f"| {r['ms']['full']:.3f} ms | {r['ms']['pruned']:.3f} ms | {r['ms']['hand']:.3f} ms "
+                f"| {r['ratio']:.3f} [{r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}] "
+                f"| {'met' if lo <= r['ratio'] <= hi else '**missed**'} | "
+                f"{r['speedup']:.2f}× | {yes(r['same_output'])} |"
+            )
         L.append("")
         for r in lat:
             if r["batch"] == lat[0]["batch"]:
-                L.append(f"- {r['model']} widths: stages {r['widths']['stage_widths']}, blocks "
-                         f"{r['widths']['block_widths']}; predicted MACs {r['macs']['pred']} vs hand-built "
-                         f"{r['macs']['hand']}.")
+                L.append(
+                    f"- {r['model']} widths: stages {r['widths']['stage_widths']}, blocks "
+                    f"{r['widths']['block_widths']}; predicted MACs {r['macs']['pred']} vs hand-built "
+                    f"{r['macs']['hand']}."
+                )
     else:
         L.append("Skipped.")
     L.append("")
@@ -1050,44 +1168,60 @@ def render(info: dict, args, models: list[dict], cov: dict | None, lat: list[dic
     # ---- notes
     L.append("### Notes")
     L.append("")
-    L.append("- *Analysis* is `ap.PruningSpace(model, x)` with its defaults (it runs the model, traces it, and by "
-             "default `verify=True` also builds one slightly pruned model and re-runs it to check every op's shape). "
-             "Torch-Pruning's counterpart is `tp.DependencyGraph().build_dependency(model, example_inputs=x)` on a "
-             "deepcopy (the copy is not timed). One discarded warm-up round, then the median of "
-             f"{ANALYSIS_ROUNDS[args.quick]} interleaved rounds.")
-    L.append("- *Apply (ours, steady)* is `space.apply(plan, criterion=\"l2\")` after the scores are cached: it "
-             "slices the weights and deep-copies the module structure, returning a new model. *First apply* is "
-             "the first call on a fresh space (it also computes the L2 scores). Median of "
-             f"{APPLY_ROUNDS[args.quick] * APPLIES_PER_ROUND} calls, interleaved with the Torch-Pruning rounds.")
-    L.append("- *TP step* is `tp.pruner.BasePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2), "
-             "pruning_ratio=0.5, ignored_layers=[classifier], num_heads={...}).step()` (`MagnitudePruner` is an "
-             "alias of `BasePruner` in 1.6); the pruner's constructor, which rebuilds the dependency graph, is *not* "
-             "counted. Torch-Pruning prunes in place, so to leave the original untouched, as `space.apply` does, "
-             "it needs a `copy.deepcopy(model)` first: *TP deepcopy + step* counts that copy, *TP step* does not. "
-             "TP scores channels inside every step (it has no score cache), so *first apply* is the like-for-like "
-             f"number for a single prune and *steady* the one a search loop pays. Median of {APPLY_ROUNDS[args.quick]} "
-             "rounds, each on a fresh deepcopy.")
-    L.append("- Torch-Pruning configuration: every `nn.Linear`/`nn.Conv2d` with 1000 outputs is ignored (the "
-             "classifier, and googlenet/inception_v3's auxiliary classifiers); `nn.MultiheadAttention` modules (ViT) "
-             "and Swin's `qkv` layers get their head counts through `num_heads`; after pruning a ViT its `hidden_dim` "
-             "is reset as TP's torchvision example does. No custom pruners were written for either library. "
-             f"Each TP command has a {TP_TIMEOUT:.0f} s limit; a timeout or error stops the remaining TP "
-             "measurements of that model.")
-    L.append(f"- Every worker process is stopped if it holds more than {MEM_LIMIT_GB:.0f} GB, or more than 3 GB "
-             f"while the machine has under {MEM_RESERVE_GB} GB available, and the model is then reported as failed "
-             "for that library (this keeps a runaway library from calling in the kernel's OOM killer).")
+    L.append(
+        "- *Analysis* is `ap.PruningSpace(model, x)` with its defaults (it runs the model, traces it, and by "
+        "default `verify=True` also builds one slightly pruned model and re-runs it to check every op's shape). "
+        "Torch-Pruning's counterpart is `tp.DependencyGraph().build_dependency(model, example_inputs=x)` on a "
+        "deepcopy (the copy is not timed). One discarded warm-up round, then the median of "
+        f"{ANALYSIS_ROUNDS[args.quick]} interleaved rounds."
+    )
+    L.append(
+        '- *Apply (ours, steady)* is `space.apply(plan, criterion="l2")` after the scores are cached: it '
+        "slices the weights and deep-copies the module structure, returning a new model. *First apply* is "
+        "the first call on a fresh space (it also computes the L2 scores). Median of "
+        f"{APPLY_ROUNDS[args.quick] * APPLIES_PER_ROUND} calls, interleaved with the Torch-Pruning rounds."
+    )
+    L.append(
+        "- *TP step* is `tp.pruner.BasePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2), "
+        "pruning_ratio=0.5, ignored_layers=[classifier], num_heads={...}).step()` (`MagnitudePruner` is an "
+        "alias of `BasePruner` in 1.6); the pruner's constructor, which rebuilds the dependency graph, is *not* "
+        "counted. Torch-Pruning prunes in place, so to leave the original untouched, as `space.apply` does, "
+        "it needs a `copy.deepcopy(model)` first: *TP deepcopy + step* counts that copy, *TP step* does not. "
+        "TP scores channels inside every step (it has no score cache), so *first apply* is the like-for-like "
+        f"number for a single prune and *steady* the one a search loop pays. Median of {APPLY_ROUNDS[args.quick]} "
+        "rounds, each on a fresh deepcopy."
+    )
+    L.append(
+        "- Torch-Pruning configuration: every `nn.Linear`/`nn.Conv2d` with 1000 outputs is ignored (the "
+        "classifier, and googlenet/inception_v3's auxiliary classifiers); `nn.MultiheadAttention` modules (ViT) "
+        "and Swin's `qkv` layers get their head counts through `num_heads`; after pruning a ViT its `hidden_dim` "
+        "is reset as TP's torchvision example does. No custom pruners were written for either library. "
+        f"Each TP command has a {TP_TIMEOUT:.0f} s limit; a timeout or error stops the remaining TP "
+        "measurements of that model."
+    )
+    L.append(
+        f"- Every worker process is stopped if it holds more than {MEM_LIMIT_GB:.0f} GB, or more than 3 GB "
+        f"while the machine has under {MEM_RESERVE_GB} GB available, and the model is then reported as failed "
+        "for that library (this keeps a runaway library from calling in the kernel's OOM killer)."
+    )
     L.append("- *`space.macs(plan)`*: median over many single calls (each timed with `perf_counter_ns`).")
-    L.append("- Both sides see identical models (seeded random weights) and inputs. Timings on a shared 2-core VM "
-             "are noisy at the ±10–20% level; ratios far from the targets are meaningful, ratios within ~20% of a "
-             "target are not.")
+    L.append(
+        "- Both sides see identical models (seeded random weights) and inputs. Timings on a shared 2-core VM "
+        "are noisy at the ±10–20% level; ratios far from the targets are meaningful, ratios within ~20% of a "
+        "target are not."
+    )
     tp_fail = [m for m in models if m["tp_error"]]
     if tp_fail:
-        L.append("- Torch-Pruning did not complete on: " + "; ".join(
-            f"{m['model']} ({short(m['tp_error'], 90)})" for m in tp_fail) + ".")
+        L.append(
+            "- Torch-Pruning did not complete on: "
+            + "; ".join(f"{m['model']} ({short(m['tp_error'], 90)})" for m in tp_fail)
+            + "."
+        )
     o_fail = [m for m in models if m["ours_error"]]
     if o_fail:
-        L.append("- autoprune failed on: " + "; ".join(
-            f"{m['model']} ({short(m['ours_error'], 90)})" for m in o_fail) + ".")
+        L.append(
+            "- autoprune failed on: " + "; ".join(f"{m['model']} ({short(m['ours_error'], 90)})" for m in o_fail) + "."
+        )
     return "\n".join(L).rstrip() + "\n"
 
 
@@ -1097,13 +1231,15 @@ def write_section(text: str) -> None:
         doc = BENCH_MD.read_text()
         i, j = doc.find(START), doc.find(END)
         if i != -1 and j != -1 and j > i:
-            doc = doc[:i] + block + doc[j + len(END):]
+            doc = doc[:i] + block + doc[j + len(END) :]
         else:
             doc = doc.rstrip() + "\n\n" + block + "\n"
     else:
-        doc = ("# Benchmarks\n\n"
-               "Each section is regenerated by its script; the engine section below by "
-               "`python benchmarks/engine.py` (add `--quick` for a short smoke run).\n\n" + block + "\n")
+        doc = (
+            "# Benchmarks\n\n"
+            "Each section is regenerated by its script; the engine section below by "
+            "`python benchmarks/engine.py` (add `--quick` for a short smoke run).\n\n" + block + "\n"
+        )
     BENCH_MD.write_text(doc)
 
 
@@ -1147,26 +1283,37 @@ def main() -> int:
         try:
             r = bench_model(name, args.quick, log)
         except Exception as err:  # noqa: BLE001 - never abort the run
-            r = {"model": name, "ours": {}, "tp": {}, "ours_error": f"harness: {err}", "tp_error": None,
-                 "tracebacks": [traceback.format_exc()]}
+            r = {
+                "model": name,
+                "ours": {},
+                "tp": {},
+                "ours_error": f"harness: {err}",
+                "tp_error": None,
+                "tracebacks": [traceback.format_exc()],
+            }
         models.append(r)
         o, t = r["ours"], r["tp"]
-        log(f"  {name}: analysis {fmt_s(o.get('analysis'))} vs TP build {fmt_s(t.get('build'))}; apply "
+        log(
+            f"  {name}: analysis {fmt_s(o.get('analysis'))} vs TP build {fmt_s(t.get('build'))}; apply "
             f"{fmt_s(o.get('apply'))} (first {fmt_s(o.get('first_apply'))}) vs TP step {fmt_s(t.get('step'))} "
             f"/ deepcopy+step {fmt_s(t.get('copy_step'))}; macs {o.get('macs_us', float('nan')):.1f} us; "
             f"check ours={o.get('check')} tp={t.get('check')} errors={r['ours_error']}/{r['tp_error']} "
-            f"({time.perf_counter() - t0:.0f} s)")
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
         for tb in r["tracebacks"]:
             log(tb)
 
     cov = None
     if not args.quick and not args.skip_coverage:
         cov_names = [m for m in args.coverage_models.split(",") if m] or torchvision.models.list_models(
-            module=torchvision.models)
+            module=torchvision.models
+        )
         log(f"part 2: coverage over {len(cov_names)} models, {args.jobs} in parallel")
         cov = run_coverage(cov_names, args.jobs, log)
-        log(f"  ours {sum(r.get('ok', False) for r in cov['ours'].values())}/{len(cov_names)}, "
-            f"TP {sum(r.get('ok', False) for r in cov['tp'].values())}/{len(cov_names)}")
+        log(
+            f"  ours {sum(r.get('ok', False) for r in cov['ours'].values())}/{len(cov_names)}, "
+            f"TP {sum(r.get('ok', False) for r in cov['tp'].values())}/{len(cov_names)}"
+        )
 
     lat: list[dict] = []
     if not args.skip_latency:
@@ -1179,8 +1326,11 @@ def main() -> int:
     wall = time.perf_counter() - t_start
     text = render(info, args, models, cov, lat, wall)
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "models": models, "coverage": cov, "latency": lat,
-                                               "wall_s": wall}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {"info": info, "models": models, "coverage": cov, "latency": lat, "wall_s": wall}, indent=1, default=str
+            )
+        )
     if args.no_write:
         print(text)
     else:

@@ -54,20 +54,33 @@ def run(batch: int, plans: int, rounds: int, seed: int, min_run_time: float, rep
     macs = np.array([space.macs(p) for p in candidates], dtype=float)
     err = predicted - latency
     return {
-        "batch": batch, "build_s": build_s, "repeats": repeats, "measurements": table.info["measurements"], "layers": len(table.layers),
-        "full_ms": table.full_ms, "full_measured_ms": latency[0], "constant_ms": table.constant_ms,
-        "pearson": stats.pearsonr(predicted, latency)[0], "spearman": stats.spearmanr(predicted, latency)[0],
-        "mae_ms": float(np.abs(err).mean()), "mre": float((np.abs(err) / latency).mean()),
+        "batch": batch,
+        "build_s": build_s,
+        "repeats": repeats,
+        "measurements": table.info["measurements"],
+        "layers": len(table.layers),
+        "full_ms": table.full_ms,
+        "full_measured_ms": latency[0],
+        "constant_ms": table.constant_ms,
+        "pearson": stats.pearsonr(predicted, latency)[0],
+        "spearman": stats.spearmanr(predicted, latency)[0],
+        "mae_ms": float(np.abs(err).mean()),
+        "mre": float((np.abs(err) / latency).mean()),
         "bias": float((err / latency).mean()),
-        "macs_pearson": stats.pearsonr(macs, latency)[0], "macs_spearman": stats.spearmanr(macs, latency)[0],
-        "min_ms": float(latency.min()), "max_ms": float(latency.max()), "plans": plans, "rounds": rounds,
+        "macs_pearson": stats.pearsonr(macs, latency)[0],
+        "macs_spearman": stats.spearmanr(macs, latency)[0],
+        "min_ms": float(latency.min()),
+        "max_ms": float(latency.max()),
+        "plans": plans,
+        "rounds": rounds,
         "spread": float(np.median((measured.max(0) - measured.min(0)) / latency)),
     }
 
 
 def section(results: list[dict], seconds: float) -> str:
     rows = "\n".join(
-        f"| {r['batch']} | {r['build_s']:.0f} s ({r['measurements']} timings, {r['repeats']} passes, {r['layers']} layers) | "
+        f"| {r['batch']} | {r['build_s']:.0f} s "
+        f"({r['measurements']} timings, {r['repeats']} passes, {r['layers']} layers) | "
         f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['pearson']:.3f} | {r['spearman']:.3f} | {r['mae_ms']:.3f} | "
         f"{r['mre']:.1%} | {r['bias']:+.1%} | {r['macs_pearson']:.3f} | {r['macs_spearman']:.3f} | {r['spread']:.1%} |"
         for r in results
@@ -80,12 +93,13 @@ def section(results: list[dict], seconds: float) -> str:
 `LatencyTable.build(space, threads=1, batch_size=B)` times every conv / linear op alone on a grid of kept
 channel counts (an eighth of each group's width per step, full size included) and interpolates bilinearly;
 predicted latency = sum of layers + a constant (measured full model minus the layers' sum at full size).
-{r0['plans']} seeded random plans (sparsity uniform in [0, 0.8] per group) plus the unpruned model, each
-pruned with `space.apply` and measured with `measure_latency` ({r0['rounds']} interleaved rounds, median).
+{r0["plans"]} seeded random plans (sparsity uniform in [0, 0.8] per group) plus the unpruned model, each
+pruned with `space.apply` and measured with `measure_latency` ({r0["rounds"]} interleaved rounds, median).
 "mean rel. error" is mean |predicted − measured| / measured; "bias" the mean signed relative error;
 "spread" the median (max − min) / median of a model's own rounds, the measurement noise.
 
-| batch | table build | measured ms | Pearson | Spearman | MAE ms | mean rel. error | bias | MACs Pearson | MACs Spearman | spread |
+| batch | table build | measured ms | Pearson | Spearman | MAE ms | mean rel. error | bias | MACs Pearson \
+| MACs Spearman | spread |
 |---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 

@@ -72,7 +72,7 @@ def cpu_model() -> str:
 
 
 def pick_precision(choice: str) -> str:
-    """"auto" -> bf16 only where AMX runs it (amx_bf16); fp32 otherwise.
+    """ "auto" -> bf16 only where AMX runs it (amx_bf16); fp32 otherwise.
 
     On a Sapphire Rapids CPU with AMX, bf16 autocast + channels_last trains
     ResNet-20 2.3x faster than fp32 at the same accuracy. On a CPU with
@@ -102,9 +102,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
     model.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].contiguous(memory_format=torch.channels_last)
+        xb = x[start : start + batch_size].contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            correct += int((model(xb).argmax(1) == y[start:start + batch_size]).sum())
+            correct += int((model(xb).argmax(1) == y[start : start + batch_size]).sum())
     return correct / len(x)
 
 
@@ -135,7 +135,7 @@ def update_marker_block(path: Path, marker: str, body: str) -> None:
     i = text.find(start)
     j = text.find(end, i + len(start)) if i >= 0 else -1
     if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(end):]
+        text = text[:i] + block + text[j + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     mode = path.stat().st_mode & 0o777 if path.exists() else None
@@ -155,39 +155,52 @@ def benchmarks_section(weights_dir: Path) -> str:
             f"| {meta['precision']}, {meta['threads']} thr | {meta['weights_bytes'] / 1e6:.2f} MB "
             f"| {meta['torch_version']}, {meta['date'][:10]} |"
         )
-    return "\n".join([
-        "## Pretrained checkpoints (`benchmarks/pretrain.py`)",
-        "",
-        "Fashion-MNIST, trained on the 55k train split; val = 5k held out of the 60k training set",
-        "(seed 0); test = the official 10k test set, evaluated once at the end in fp32.",
-        "Recipe: SGD nesterov 0.9, wd 5e-4, OneCycle max_lr 0.2, batch 128, crop (pad 2) + flip.",
-        "Load with `autoprune.zoo.pretrained.pretrained(name)`. Training times are wall-clock on a",
-        "shared machine (other jobs ran alongside); per-epoch seconds are in the JSON next to the weights.",
-        "",
-        "| checkpoint | params | epochs | val acc | test acc | train time | precision | file | torch, date |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
+    return "\n".join(
+        [
+            "## Pretrained checkpoints (`benchmarks/pretrain.py`)",
+            "",
+            "Fashion-MNIST, trained on the 55k train split; val = 5k held out of the 60k training set",
+            "(seed 0); test = the official 10k test set, evaluated once at the end in fp32.",
+            "Recipe: SGD nesterov 0.9, wd 5e-4, OneCycle max_lr 0.2, batch 128, crop (pad 2) + flip.",
+            "Load with `autoprune.zoo.pretrained.pretrained(name)`. Training times are wall-clock on a",
+            "shared machine (other jobs ran alongside); per-epoch seconds are in the JSON next to the weights.",
+            "",
+            "| checkpoint | params | epochs | val acc | test acc | train time | precision | file | torch, date |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet20")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads; use 1 when another process may share the cores (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads; use 1 when another process may share the cores (default 2)",
+    )
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-lr", type=float, default=0.2)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--train-subset", type=int, default=None, metavar="N",
-                        help="train on the first N of the 55k train images only (smoke tests)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N of the 55k train images only (smoke tests)",
+    )
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST root (default: $AUTOPRUNE_DATA, Debian)")
     parser.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR)
-    parser.add_argument("--benchmarks-md", default=str(BENCHMARKS_MD),
-                        help="file whose `pretrain` section is rewritten ('' to skip)")
+    parser.add_argument(
+        "--benchmarks-md", default=str(BENCHMARKS_MD), help="file whose `pretrain` section is rewritten ('' to skip)"
+    )
     return parser.parse_args(argv)
 
 
@@ -199,24 +212,31 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     precision = pick_precision(args.precision)
     name = f"{args.model}_fashion_mnist"
-    log = lambda msg: print(msg, flush=True)
-    log(f"{name}: {args.epochs} epochs, {precision}, {args.threads} thread(s), seed {args.seed}, "
-        f"torch {torch.__version__}, {cpu_model()}")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(
+        f"{name}: {args.epochs} epochs, {precision}, {args.threads} thread(s), seed {args.seed}, "
+        f"torch {torch.__version__}, {cpu_model()}"
+    )
 
     splits = fashion_mnist_splits(args.data_root, val_size=5000, seed=0)
     x_train, y_train = splits.train.tensors
     if args.train_subset is not None:
-        x_train, y_train = x_train[:args.train_subset], y_train[:args.train_subset]
+        x_train, y_train = x_train[: args.train_subset], y_train[: args.train_subset]
     x_val, y_val = splits.val.tensors
     x_test, y_test = splits.test.tensors
 
     model = MODELS[args.model](**MODEL_KWARGS).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.max_lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.max_lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay
+    )
     steps = len(x_train) // args.batch_size  # drop the ragged last batch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.max_lr, epochs=args.epochs,
-                                                    steps_per_epoch=steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.max_lr, epochs=args.epochs, steps_per_epoch=steps
+    )
     generator = torch.Generator().manual_seed(args.seed)
 
     history = []
@@ -227,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         order = torch.randperm(len(x_train), generator=generator)
         loss_sum = correct = seen = 0
         for step in range(steps):
-            index = order[step * args.batch_size:(step + 1) * args.batch_size]
+            index = order[step * args.batch_size : (step + 1) * args.batch_size]
             xb = augment(x_train[index], generator).contiguous(memory_format=torch.channels_last)
             yb = y_train[index]
             with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
@@ -244,17 +264,25 @@ def main(argv: list[str] | None = None) -> dict:
         train_seconds += epoch_seconds
         utilisation = (time.process_time() - cpu) / epoch_seconds
         val_acc = evaluate(model, x_val, y_val, precision)
-        history.append({"epoch": epoch, "train_loss": round(loss_sum / seen, 4), "train_accuracy": round(correct / seen, 4),
-                        "val_accuracy": val_acc, "seconds": round(epoch_seconds, 1)})
-        log(f"epoch {epoch:2d}/{args.epochs}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:.2f}%  "
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(loss_sum / seen, 4),
+                "train_accuracy": round(correct / seen, 4),
+                "val_accuracy": val_acc,
+                "seconds": round(epoch_seconds, 1),
+            }
+        )
+        log(
+            f"epoch {epoch:2d}/{args.epochs}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:.2f}%  "
             f"val {100 * val_acc:.2f}%  {epoch_seconds:.0f} s ({seen / epoch_seconds:.0f} img/s, "
-            f"{utilisation:.2f} CPU-s/s)")
+            f"{utilisation:.2f} CPU-s/s)"
+        )
 
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     val_acc, test_acc = evaluate(model, x_val, y_val, "fp32"), evaluate(model, x_test, y_test, "fp32")
     test_acc_bf16 = evaluate(model, x_test, y_test, "bf16") if precision == "bf16" else None
-    log(f"final (fp32 eval): val {100 * val_acc:.2f}%  test {100 * test_acc:.2f}%  "
-        f"train time {train_seconds:.0f} s")
+    log(f"final (fp32 eval): val {100 * val_acc:.2f}%  test {100 * test_acc:.2f}%  train time {train_seconds:.0f} s")
 
     state = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
     state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
@@ -278,9 +306,15 @@ def main(argv: list[str] | None = None) -> dict:
         "params": params,
         "epochs": args.epochs,
         "seed": args.seed,
-        "recipe": {"optimizer": "SGD nesterov", "momentum": 0.9, "weight_decay": args.weight_decay,
-                   "schedule": "OneCycleLR", "max_lr": args.max_lr, "batch_size": args.batch_size,
-                   "augment": "random crop pad 2 + horizontal flip"},
+        "recipe": {
+            "optimizer": "SGD nesterov",
+            "momentum": 0.9,
+            "weight_decay": args.weight_decay,
+            "schedule": "OneCycleLR",
+            "max_lr": args.max_lr,
+            "batch_size": args.batch_size,
+            "augment": "random crop pad 2 + horizontal flip",
+        },
         "precision": precision,
         "threads": args.threads,
         "train_seconds": round(train_seconds, 1),

@@ -37,8 +37,14 @@ def torch_pruning_global(model: torch.nn.Module, x: torch.Tensor, target_macs: i
 
     def prune(ratio: float) -> torch.nn.Module:
         m = copy.deepcopy(model)
-        pruner = tp.pruner.BasePruner(m, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                                      global_pruning=True, ignored_layers=[m.fc])
+        pruner = tp.pruner.BasePruner(
+            m,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            global_pruning=True,
+            ignored_layers=[m.fc],
+        )
         pruner.step()
         return m
 
@@ -60,10 +66,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--strategies", default="uniform,random,tpe,sa,netadapt")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--netadapt-finetune", type=int, default=20,
-                        help="NetAdapt's short-term fine-tune steps per proposal (counted in its row)")
-    parser.add_argument("--netadapt-reduction", type=float, default=0.12,
-                        help="NetAdapt's first resource reduction (fraction of the original per iteration)")
+    parser.add_argument(
+        "--netadapt-finetune",
+        type=int,
+        default=20,
+        help="NetAdapt's short-term fine-tune steps per proposal (counted in its row)",
+    )
+    parser.add_argument(
+        "--netadapt-reduction",
+        type=float,
+        default=0.12,
+        help="NetAdapt's first resource reduction (fraction of the original per iteration)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,11 +96,25 @@ def main() -> None:
         t0 = time.perf_counter()
         evaluator, options = search_eval, {}
         if name == "netadapt":
-            evaluator = AccuracyEvaluator(data.val, train_data=data.train, batches=8, bn_recalibration_batches=10,
-                                          finetune_steps=args.netadapt_finetune)
+            evaluator = AccuracyEvaluator(
+                data.val,
+                train_data=data.train,
+                batches=8,
+                bn_recalibration_batches=10,
+                finetune_steps=args.netadapt_finetune,
+            )
             options = {"initial_reduction": args.netadapt_reduction}
-        study = ap.search(space, evaluator, budget, strategy=name, n_trials=args.trials, strategy_options=options,
-                          storage=f"sqlite:///{tmp / (name + '.db')}", study_name=name, seed=0)
+        study = ap.search(
+            space,
+            evaluator,
+            budget,
+            strategy=name,
+            n_trials=args.trials,
+            strategy_options=options,
+            storage=f"sqlite:///{tmp / (name + '.db')}",
+            study_name=name,
+            seed=0,
+        )
         seconds = time.perf_counter() - t0
         plan = ap.best_plan(study)
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -99,14 +127,25 @@ def main() -> None:
             test = test_eval(space.apply(plan))["accuracy"]
         label = f"netadapt ({args.netadapt_finetune} fine-tune steps per evaluation)" if name == "netadapt" else name
         rows.append((label, len(done), study.best_value, test, space.macs(plan), space.params(plan), seconds))
-        print(f"{name}: {len(done)} evaluations, val {study.best_value:.4f}, test {test:.4f}, {seconds:.0f} s", flush=True)
+        print(
+            f"{name}: {len(done)} evaluations, val {study.best_value:.4f}, test {test:.4f}, {seconds:.0f} s", flush=True
+        )
     target = budget.targets(space)["macs"]
     t0 = time.perf_counter()
     tp_model = torch_pruning_global(model, x, target)
     tp_val = search_eval(copy.deepcopy(tp_model))["accuracy"]
     tp_test = test_eval(tp_model)["accuracy"]
-    rows.append(("Torch-Pruning global L2", 1, tp_val, tp_test, ap.count_macs(tp_model, x), ap.count_params(tp_model),
-                 time.perf_counter() - t0))
+    rows.append(
+        (
+            "Torch-Pruning global L2",
+            1,
+            tp_val,
+            tp_test,
+            ap.count_macs(tp_model, x),
+            ap.count_params(tp_model),
+            time.perf_counter() - t0,
+        )
+    )
     print(f"torch-pruning global: val {tp_val:.4f}, test {tp_test:.4f}", flush=True)
 
     uniform = next((r for r in rows if r[0] == "uniform"), None)
@@ -127,8 +166,9 @@ def main() -> None:
     ]
     for name, n, val, test, macs, params, seconds in rows:
         delta = f"{(test - uniform[3]) * 100:+.2f} pp" if uniform else "—"
-        lines.append(f"| {name} | {n} | {val:.2%} | {test:.2%} | {delta} | {macs / 1e6:.2f} | {params:,} | "
-                     f"{seconds:.0f} s |")
+        lines.append(
+            f"| {name} | {n} | {val:.2%} | {test:.2%} | {delta} | {macs / 1e6:.2f} | {params:,} | {seconds:.0f} s |"
+        )
     lines += [
         "",
         "Without fine-tuning, 50% of the MACs removed in one shot costs a lot of accuracy for every method; the "

@@ -34,9 +34,15 @@ def random_plan(space: ap.PruningSpace, seed: int, high: float = 0.9) -> dict[st
     return {g.name: rng.uniform(0.0, high) for g in space.groups}
 
 
-def check_contract(model: nn.Module, inputs: Any, plans: list[dict[str, float]] | None = None, *,
-                   train_batch: tuple | None = None, space: ap.PruningSpace | None = None,
-                   **space_kwargs: Any) -> ap.PruningSpace:
+def check_contract(
+    model: nn.Module,
+    inputs: Any,
+    plans: list[dict[str, float]] | None = None,
+    *,
+    train_batch: tuple | None = None,
+    space: ap.PruningSpace | None = None,
+    **space_kwargs: Any,
+) -> ap.PruningSpace:
     """Zero plan reproduces the model; every plan runs, keeps the output shape and costs what it measures."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     state = checksums(model)
@@ -77,8 +83,13 @@ def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy], check=True,
-                   capture_output=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    subprocess.run(
+        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
+        check=True,
+        capture_output=True,
+        timeout=900,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int) -> None:
@@ -93,9 +104,12 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
     import pytest
     from optuna.trial import TrialState
 
-    proc = subprocess.Popen([sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         try:

@@ -7,9 +7,8 @@ import math
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
-
 from helpers import kill_mid_trial, run_search
+from optuna.trial import TrialState
 
 import autoprune as ap
 from autoprune.data import load_digits
@@ -17,7 +16,6 @@ from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector, get_strategy
 from autoprune.search.strategies.annealing import SimulatedAnnealing
 from autoprune.search.strategy import SearchContext
-
 
 
 def _complete(url: str) -> list[optuna.trial.FrozenTrial]:
@@ -45,16 +43,24 @@ def setup():
     torch.set_num_threads(1)
     model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
     space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
-    evaluator = AccuracyEvaluator(load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2,
-                                  recalibration_batch_size=64)
+    evaluator = AccuracyEvaluator(
+        load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2, recalibration_batch_size=64
+    )
     return space, evaluator
 
 
 def test_start_temperature_is_calibrated_from_the_first_moves(tmp_path, setup):
     space, evaluator = setup
     sa = SimulatedAnnealing(calibration_moves=5, target_acceptance=0.6)
-    study = ap.search(space, evaluator, ap.Budget(macs=0.6), strategy=sa, n_trials=9,
-                      storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    study = ap.search(
+        space,
+        evaluator,
+        ap.Budget(macs=0.6),
+        strategy=sa,
+        n_trials=9,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        study_name="s",
+    )
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     start, moves = done[0].value, done[1:6]
     drops = [start - t.value for t in moves if t.value < start]
@@ -63,7 +69,7 @@ def test_start_temperature_is_calibrated_from_the_first_moves(tmp_path, setup):
     state = sa.replay(ctx)
     assert drops, "an untrained model's perturbations should score worse sometimes"
     assert math.exp(-(sum(drops) / len(drops)) / state.t0) == pytest.approx(0.6)
-    assert state.temperature == pytest.approx(state.t0 * sa.cool_down_rate ** 3)  # cooled once per chain step
+    assert state.temperature == pytest.approx(state.t0 * sa.cool_down_rate**3)  # cooled once per chain step
     assert state.step == 8
     for t in done:
         assert t.user_attrs["macs"] <= ap.Budget(macs=0.6).targets(space)["macs"]
@@ -71,8 +77,16 @@ def test_start_temperature_is_calibrated_from_the_first_moves(tmp_path, setup):
 
 def test_nni_schedule_stops_after_sixteen_accepted_moves(tmp_path, setup):
     space, evaluator = setup
-    study = ap.search(space, evaluator, ap.Budget(macs=0.6), strategy="sa", strategy_options={"nni_schedule": True},
-                      n_trials=60, storage=f"sqlite:///{tmp_path / 'n.db'}", study_name="n")
+    study = ap.search(
+        space,
+        evaluator,
+        ap.Budget(macs=0.6),
+        strategy="sa",
+        strategy_options={"nni_schedule": True},
+        n_trials=60,
+        storage=f"sqlite:///{tmp_path / 'n.db'}",
+        study_name="n",
+    )
     # T0 = 100 against accuracy deltas of ~0.01 accepts every move: 100 * 0.9^16 < 20 after 16 moves.
     assert len(study.trials) == 17
 

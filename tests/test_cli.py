@@ -30,8 +30,14 @@ threads: 1
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={"PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_search_show_export_round_trip(tmp_path):
@@ -47,8 +53,17 @@ def test_search_show_export_round_trip(tmp_path):
     # Running it again resumes; --n-trials raises the study-wide total.
     again = _cli("search", str(study), "--n-trials", "4", cwd=tmp_path)
     assert again.returncode == 0, again.stderr + again.stdout
-    shown = _cli("show", "--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'tiny.db'}", "--json",
-                 "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    shown = _cli(
+        "show",
+        "--study",
+        "tiny",
+        "--storage",
+        f"sqlite:///{tmp_path / 'tiny.db'}",
+        "--json",
+        "--plots",
+        str(tmp_path / "plots"),
+        cwd=tmp_path,
+    )
     assert shown.returncode == 0, shown.stderr
     rows = json.loads(shown.stdout[: shown.stdout.rindex("]") + 1])
     assert len(rows) == 4 and rows[0]["score"] >= rows[-1]["score"]
@@ -66,8 +81,9 @@ def test_search_show_export_round_trip(tmp_path):
 
 def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(STUDY.replace("budget: {macs: 0.5}", "budget: {macs: 0.5, flops: 3}")
-                   .replace("name: tpe", "name: annealing"))
+    bad.write_text(
+        STUDY.replace("budget: {macs: 0.5}", "budget: {macs: 0.5, flops: 3}").replace("name: tpe", "name: annealing")
+    )
     run = _cli("search", str(bad), cwd=tmp_path)
     assert run.returncode == 2
     text = " ".join(run.stdout.split())

@@ -46,6 +46,7 @@ def _row_keys(x: torch.Tensor, scale: float = 255 * 0.3530, offset: float = 255 
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
+
 def test_debian_package_is_installed() -> None:
     missing = [f for f in FILES if not (DEBIAN / f"{f}.gz").is_file()]
     assert not missing, f"run `apt-get install dataset-fashion-mnist`; missing under {DEBIAN}: {missing}"
@@ -151,6 +152,7 @@ def test_corrupt_files_are_reported(tmp_path) -> None:
 
 # ---------------------------------------------------------------- splits
 
+
 def test_split_train_val_is_deterministic_disjoint_and_complete() -> None:
     dataset = TensorDataset(torch.arange(1000) * 10, torch.arange(1000) % 7)
     train, val = data.split_train_val(dataset, 100, seed=3)
@@ -166,8 +168,9 @@ def test_split_train_val_is_deterministic_disjoint_and_complete() -> None:
             data.split_train_val(dataset, bad)
 
 
-def test_fashion_mnist_splits_val_comes_from_training_set(splits: data.Splits, train: TensorDataset,
-                                                          test_set: TensorDataset) -> None:
+def test_fashion_mnist_splits_val_comes_from_training_set(
+    splits: data.Splits, train: TensorDataset, test_set: TensorDataset
+) -> None:
     assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
     assert splits.input_shape == (1, 28, 28) and splits.num_classes == 10
     assert torch.equal(splits.test.tensors[0], test_set.tensors[0])
@@ -192,6 +195,7 @@ def test_dataset_by_name() -> None:
 
 # ---------------------------------------------------------------- digits
 
+
 def test_digits() -> None:
     train, test = data.load_digits("train"), data.load_digits("test")
     assert (len(train), len(test)) == (1437, 360)
@@ -213,6 +217,7 @@ def test_digits() -> None:
 
 # ---------------------------------------------------------------- pretrained checkpoint
 
+
 def test_pretrained_checkpoint_accuracy(test_set: TensorDataset) -> None:
     meta = PRETRAINED["resnet20_fashion_mnist"]
     assert meta["test_accuracy"] > 0.9 and meta["dataset"] == "fashion_mnist"
@@ -222,7 +227,7 @@ def test_pretrained_checkpoint_accuracy(test_set: TensorDataset) -> None:
     assert not model.training
     x, y = test_set.tensors[0][:2000], test_set.tensors[1][:2000]
     with torch.inference_mode():
-        predictions = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, 2000, 500)])
+        predictions = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, 2000, 500)])
     accuracy = float((predictions == y).float().mean())
     assert accuracy > 0.90, accuracy
 

@@ -36,9 +36,14 @@ def make_split(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def small_net(width: int = 16) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.Flatten(), nn.Linear(2 * width * 16, CLASSES),
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, CLASSES),
     )
 
 
@@ -97,7 +102,7 @@ def test_recalibration_restores_momentum_and_mode_and_skips_models_without_batch
     model = copy.deepcopy(task["model"])
     first, second = batchnorms(model)
     second.momentum = 0.3
-    batches = [(task["train"][0][i:i + 128],) for i in range(0, 384, 128)]
+    batches = [(task["train"][0][i : i + 128],) for i in range(0, 384, 128)]
     assert recalibrate_batchnorm(model, batches) == 3
     assert (first.momentum, second.momentum) == (0.1, 0.3)
     assert not model.training
@@ -162,8 +167,10 @@ def test_every_data_form_scores_the_same_samples(task):
         DataLoader(TensorDataset(images, labels), batch_size=100, shuffle=True),
     ]
     train_forms = [task["train"], TensorDataset(*task["train"]), PlainDataset(*task["train"])]
-    results = [AccuracyEvaluator(data, train_data=train, bn_recalibration_batches=4, threads=1)(
-        copy.deepcopy(task["model"])) for data, train in zip(forms, train_forms + train_forms[:2])]
+    results = [
+        AccuracyEvaluator(data, train_data=train, bn_recalibration_batches=4, threads=1)(copy.deepcopy(task["model"]))
+        for data, train in zip(forms, train_forms + train_forms[:2])
+    ]
     assert len({r["accuracy"] for r in results[:4]}) == 1
     assert abs(results[4]["accuracy"] - results[0]["accuracy"]) <= 2 / len(labels)  # same samples, other batches
     assert all(r["samples"] == len(labels) for r in results)
@@ -282,7 +289,9 @@ def test_normalize_result_accepts_numbers_and_dicts_and_rejects_bad_scores():
     assert normalize_result(0.5) == (0.5, {})
     assert normalize_result(torch.tensor(2)) == (2.0, {})
     assert normalize_result({"score": 0.9, "loss": torch.tensor(0.25), "samples": 7}) == (
-        0.9, {"loss": 0.25, "samples": 7})
+        0.9,
+        {"loss": 0.25, "samples": 7},
+    )
     with pytest.raises(ValueError, match="finite"):
         normalize_result(float("nan"))
     with pytest.raises(ValueError, match="finite"):

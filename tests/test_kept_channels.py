@@ -12,9 +12,7 @@ import autoprune as ap
 
 def _chain() -> nn.Sequential:
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)
-    )
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
     bn = model[1]
     bn.running_mean.uniform_(-1, 1)
     bn.running_var.uniform_(0.5, 2)

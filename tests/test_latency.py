@@ -32,8 +32,9 @@ def table(space):
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return AccuracyEvaluator(load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2,
-                             recalibration_batch_size=64)
+    return AccuracyEvaluator(
+        load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2, recalibration_batch_size=64
+    )
 
 
 def _random_plans(space, n: int, seed: int = 0) -> list[dict[str, float]]:
@@ -45,7 +46,8 @@ def test_table_covers_every_conv_and_linear_layer(space, table):
     names = [layer["name"] for layer in table.layers]
     assert "conv1:convolution" in names and "fc:addmm" in names
     assert sum(n.endswith(":convolution") for n in names) == sum(
-        isinstance(m, torch.nn.Conv2d) for m in space.model.modules())
+        isinstance(m, torch.nn.Conv2d) for m in space.model.modules()
+    )
     by_name = {g.name: g for g in space.groups}
     for layer in table.layers:
         assert 1 <= len(layer["groups"]) <= 2
@@ -104,8 +106,10 @@ def test_batch_size_scales_the_measured_layers(space):
     small = LatencyTable.build(space, batch_size=2, grid_step=32, min_run_time=0.002)
     big = LatencyTable.build(space, batch_size=64, grid_step=32, min_run_time=0.002)
     assert big.info["batch_size"] == 64
-    assert big.layer_latencies(np.array([g.channels for g in space.groups])).sum() > \
-        small.layer_latencies(np.array([g.channels for g in space.groups])).sum()
+    assert (
+        big.layer_latencies(np.array([g.channels for g in space.groups])).sum()
+        > small.layer_latencies(np.array([g.channels for g in space.groups])).sum()
+    )
 
 
 def _reachable_fraction(space, table) -> float:
@@ -129,8 +133,16 @@ def test_projector_meets_a_latency_budget(space, table):
 def test_latency_budget_search_records_and_caches_the_table(space, table, evaluator, tmp_path: Path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     fraction = _reachable_fraction(space, table)
-    study = ap.search(space, evaluator, ap.Budget(latency=fraction), strategy="random", n_trials=3, storage=url,
-                      study_name="lat", latency_table=table)
+    study = ap.search(
+        space,
+        evaluator,
+        ap.Budget(latency=fraction),
+        strategy="random",
+        n_trials=3,
+        storage=url,
+        study_name="lat",
+        latency_table=table,
+    )
     cached = study.user_attrs["latency_table"]
     target = fraction * cached["full_ms"]
     trials = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -143,8 +155,9 @@ def test_latency_budget_search_records_and_caches_the_table(space, table, evalua
         raise AssertionError("the cached latency table should have been reused")
 
     monkeypatch.setattr(LatencyTable, "build", no_rebuild)
-    study = ap.search(space, evaluator, ap.Budget(latency=fraction), strategy="random", n_trials=5, storage=url,
-                      study_name="lat")
+    study = ap.search(
+        space, evaluator, ap.Budget(latency=fraction), strategy="random", n_trials=5, storage=url, study_name="lat"
+    )
     assert study.user_attrs["latency_table"] == cached
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
     assert all(t.user_attrs["latency_ms"] <= target + 1e-9 for t in study.trials)
@@ -153,6 +166,7 @@ def test_latency_budget_search_records_and_caches_the_table(space, table, evalua
 def test_study_file_accepts_a_latency_budget():
     from autoprune.studyfile import parse_study
 
-    config = parse_study({"study_name": "s", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]},
-                          "budget": {"latency": 0.6}})
+    config = parse_study(
+        {"study_name": "s", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]}, "budget": {"latency": 0.6}}
+    )
     assert ap.Budget(**config.budget.model_dump(exclude_none=True)).latency == 0.6

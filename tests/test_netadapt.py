@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-
 import optuna
 import pytest
 import torch
-
 from helpers import kill_mid_trial, run_search
 
 import autoprune as ap
 from autoprune.search import Projector
 from autoprune.search.strategies.netadapt import NetAdapt, trial_network
 from autoprune.search.strategy import SearchContext
-
 
 
 def _space() -> ap.PruningSpace:
@@ -38,7 +35,9 @@ def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
     assert len(st.history) == len(iterations) >= 3
     # Each iteration proposes one plan per group, each meeting that iteration's (falling) target.
     first = [t for t in study.trials if t.user_attrs["netadapt"]["iteration"] == 0]
-    assert len(first) == first[0].user_attrs["netadapt"]["of"] and len({t.user_attrs["netadapt"]["group"] for t in first}) == len(first)
+    assert len(first) == first[0].user_attrs["netadapt"]["of"] and len(
+        {t.user_attrs["netadapt"]["group"] for t in first}
+    ) == len(first)
     assert all(t.user_attrs["macs"] <= 0.9 * space.macs({}) + 1 for t in first)
     # The picked network's channels stay removed in later iterations (the weights carry over).
     picked = study.trials[st.history[0]]

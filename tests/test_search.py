@@ -7,15 +7,13 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
-
 from helpers import kill_mid_trial, run_search
+from optuna.trial import TrialState
 
 import autoprune as ap
 from autoprune.data import load_digits
 from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector
-
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +26,9 @@ def digits_space():
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return AccuracyEvaluator(load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2,
-                             recalibration_batch_size=64)
+    return AccuracyEvaluator(
+        load_digits("test"), train_data=load_digits("train"), bn_recalibration_batches=2, recalibration_batch_size=64
+    )
 
 
 def _url(tmp_path: Path) -> str:
@@ -98,8 +97,15 @@ def test_a_failing_evaluator_fails_its_trial_not_the_study(tmp_path, digits_spac
             return float("nan")
         return evaluator(model)
 
-    study = ap.search(digits_space, flaky, ap.Budget(macs=0.6), strategy="random", n_trials=5, storage=_url(tmp_path),
-                      study_name="flaky")
+    study = ap.search(
+        digits_space,
+        flaky,
+        ap.Budget(macs=0.6),
+        strategy="random",
+        n_trials=5,
+        storage=_url(tmp_path),
+        study_name="flaky",
+    )
     states = [t.state for t in study.trials]
     assert states.count(TrialState.FAIL) == 2 and states.count(TrialState.COMPLETE) == 3 and len(states) == 5
     assert "out of memory (simulated)" in study.trials[1].user_attrs["error"]
@@ -110,20 +116,35 @@ def test_a_different_configuration_is_refused_on_resume(tmp_path, digits_space, 
     url = _url(tmp_path)
     ap.search(digits_space, evaluator, ap.Budget(macs=0.5), strategy="uniform", n_trials=1, storage=url, study_name="c")
     with pytest.raises(ValueError, match="different configuration.*budget"):
-        ap.search(digits_space, evaluator, ap.Budget(macs=0.4), strategy="uniform", n_trials=1, storage=url,
-                  study_name="c")
+        ap.search(
+            digits_space, evaluator, ap.Budget(macs=0.4), strategy="uniform", n_trials=1, storage=url, study_name="c"
+        )
 
 
 def test_uniform_strategy_evaluates_one_plan(tmp_path, digits_space, evaluator):
-    study = ap.search(digits_space, evaluator, ap.Budget(params=0.5), strategy="uniform", n_trials=5,
-                      storage=_url(tmp_path), study_name="u")
+    study = ap.search(
+        digits_space,
+        evaluator,
+        ap.Budget(params=0.5),
+        strategy="uniform",
+        n_trials=5,
+        storage=_url(tmp_path),
+        study_name="u",
+    )
     assert len(study.trials) == 1
     assert len({round(v, 9) for v in study.trials[0].user_attrs["plan"].values()}) == 1
 
 
 def test_multi_objective_reports_a_pareto_front(tmp_path, digits_space, evaluator):
-    study = ap.search(digits_space, evaluator, ap.Budget(macs=0.8), n_trials=6, storage=_url(tmp_path),
-                      study_name="mo", multi_objective=True)
+    study = ap.search(
+        digits_space,
+        evaluator,
+        ap.Budget(macs=0.8),
+        n_trials=6,
+        storage=_url(tmp_path),
+        study_name="mo",
+        multi_objective=True,
+    )
     front = study.best_trials
     assert front and all(t.values[1] == t.user_attrs["macs"] for t in front)
     assert len({t.user_attrs["macs"] for t in study.trials}) > 1  # not all projected onto the same cost
@@ -158,8 +179,14 @@ def test_resume_after_sigkill_mid_trial(tmp_path):
 def test_export_then_load_gives_identical_outputs(tmp_path, digits_space, evaluator):
     study = ap.search(digits_space, evaluator, ap.Budget(macs=0.5), n_trials=3, storage=_url(tmp_path), study_name="e")
     plan = ap.best_plan(study)
-    out = ap.export(digits_space, plan, tmp_path / "out", score=study.best_value, budget=ap.Budget(macs=0.5),
-                    formats=("pt2", "onnx"))
+    out = ap.export(
+        digits_space,
+        plan,
+        tmp_path / "out",
+        score=study.best_value,
+        budget=ap.Budget(macs=0.5),
+        formats=("pt2", "onnx"),
+    )
     assert {p.name for p in out.iterdir()} >= {"structure.json", "weights.pt", "model.pt2", "model.onnx"}
     state = torch.load(out / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())

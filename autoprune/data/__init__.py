@@ -60,8 +60,10 @@ class Splits:
         return 1 + max(int(part.tensors[1].max()) for part in (self.train, self.val, self.test) if len(part))
 
     def __repr__(self) -> str:
-        return (f"Splits(train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
-                f"input_shape={self.input_shape}, num_classes={self.num_classes})")
+        return (
+            f"Splits(train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
+            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
+        )
 
 
 def _tensors(dataset: Dataset) -> tuple[torch.Tensor, ...]:
@@ -85,17 +87,16 @@ def split_train_val(dataset: Dataset, val_size: int, seed: int = 0) -> tuple[Ten
     tensors = _tensors(dataset)
     n = len(tensors[0])
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 < val_size < n:
-        raise ValueError(f"val_size must be an integer in [1, {n - 1}] for a dataset of {n} samples, "
-                         f"got {val_size!r}")
+        raise ValueError(f"val_size must be an integer in [1, {n - 1}] for a dataset of {n} samples, got {val_size!r}")
     permutation = np.random.default_rng(seed).permutation(n)
     val_index = torch.from_numpy(np.sort(permutation[:val_size]))
     train_index = torch.from_numpy(np.sort(permutation[val_size:]))
-    return (TensorDataset(*(t[train_index] for t in tensors)),
-            TensorDataset(*(t[val_index] for t in tensors)))
+    return (TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors)))
 
 
-def fashion_mnist_splits(root: str | os.PathLike | None = None, val_size: int = 5000, seed: int = 0,
-                         download: bool = False) -> Splits:
+def fashion_mnist_splits(
+    root: str | os.PathLike | None = None, val_size: int = 5000, seed: int = 0, download: bool = False
+) -> Splits:
     """Fashion-MNIST as 55k train / 5k val / 10k test (with the defaults).
 
     ``train`` and ``val`` are a seeded split of the official 60k *training*
@@ -111,8 +112,7 @@ def digits_splits(val_fraction: float = 0.2, seed: int = 0) -> Splits:
     """scikit-learn's 8x8 digits: val is `val_fraction` of the 1437 training images, test the fixed 360."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
-    return Splits(load_digits("train", val_fraction, seed), load_digits("val", val_fraction, seed),
-                  load_digits("test"))
+    return Splits(load_digits("train", val_fraction, seed), load_digits("val", val_fraction, seed), load_digits("test"))
 
 
 DATASETS: dict[str, Callable[..., Splits]] = {

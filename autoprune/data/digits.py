@@ -22,8 +22,9 @@ def _all_digits() -> TensorDataset:
         try:
             from sklearn.datasets import load_digits as sklearn_load_digits
         except ImportError as exc:
-            raise ImportError("autoprune.data.load_digits needs scikit-learn, which ships the digits "
-                              "data: pip install scikit-learn") from exc
+            raise ImportError(
+                "autoprune.data.load_digits needs scikit-learn, which ships the digits data: pip install scikit-learn"
+            ) from exc
         bunch = sklearn_load_digits()
         images = np.asarray(bunch.images, dtype=np.float32) / 16.0  # 17 grey levels, 0..16 -> [0, 1]
         x = torch.from_numpy(images).unsqueeze(1).contiguous()

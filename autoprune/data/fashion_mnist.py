@@ -29,8 +29,16 @@ from torch.utils.data import TensorDataset
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 ENV_VAR = "AUTOPRUNE_DATA"
@@ -46,8 +54,14 @@ _FILES = {
 _LAYOUTS = (Path("."), Path("FashionMNIST") / "raw", Path("fashion-mnist"))
 
 # IDX type codes -> numpy dtypes (big-endian on disk).
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 class IDXFormatError(ValueError):
@@ -70,20 +84,25 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         if isinstance(exc, FileNotFoundError):
             raise
-        raise IDXFormatError(f"{path}: cannot decompress/read IDX file ({exc}); the file is corrupt "
-                             f"or truncated, reinstall it") from exc
+        raise IDXFormatError(
+            f"{path}: cannot decompress/read IDX file ({exc}); the file is corrupt or truncated, reinstall it"
+        ) from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise IDXFormatError(f"{path}: bad IDX magic number {raw[:4].hex() or '(empty file)'}; "
-                             f"expected 0x0000TTDD (TT = type code, DD = number of dimensions)")
+        raise IDXFormatError(
+            f"{path}: bad IDX magic number {raw[:4].hex() or '(empty file)'}; "
+            f"expected 0x0000TTDD (TT = type code, DD = number of dimensions)"
+        )
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise IDXFormatError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise IDXFormatError(f"{path}: IDX header says shape {tuple(dims)} ({expected} bytes in all) "
-                             f"but the file holds {len(raw)} bytes; it is truncated or corrupt")
+        raise IDXFormatError(
+            f"{path}: IDX header says shape {tuple(dims)} ({expected} bytes in all) "
+            f"but the file holds {len(raw)} bytes; it is truncated or corrupt"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -146,16 +165,17 @@ def _read_split(images_path: Path, labels_path: Path, expected_count: int) -> tu
         return _CACHE[key]
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise IDXFormatError(f"{images_path}: expected uint8 images of shape (N, 28, 28), "
-                             f"got {images.dtype} {images.shape}")
+        raise IDXFormatError(
+            f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise IDXFormatError(f"{labels_path}: expected a 1-d uint8 label array, got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
-        raise IDXFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                             f"{len(labels)} labels")
+        raise IDXFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if len(images) != expected_count:
-        raise IDXFormatError(f"{images_path}: Fashion-MNIST has {expected_count} images in this split, "
-                             f"the file holds {len(images)}")
+        raise IDXFormatError(
+            f"{images_path}: Fashion-MNIST has {expected_count} images in this split, the file holds {len(images)}"
+        )
     if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
         raise IDXFormatError(f"{labels_path}: labels must lie in 0..9, found {int(labels.max())}")
     while len(_CACHE) >= 2:  # train + test at most (~55 MB of uint8)
@@ -168,8 +188,10 @@ def _download(root: str | os.PathLike | None, split: str) -> Path:
     try:
         from torchvision.datasets import FashionMNIST
     except ImportError as exc:
-        raise ImportError("load_fashion_mnist(download=True) needs torchvision: pip install torchvision "
-                          "(or install the data offline: apt-get install dataset-fashion-mnist)") from exc
+        raise ImportError(
+            "load_fashion_mnist(download=True) needs torchvision: pip install torchvision "
+            "(or install the data offline: apt-get install dataset-fashion-mnist)"
+        ) from exc
     if root is None:
         root = os.environ.get(ENV_VAR) or DEFAULT_DOWNLOAD_ROOT
     root = Path(root).expanduser()
@@ -177,8 +199,9 @@ def _download(root: str | os.PathLike | None, split: str) -> Path:
     return root
 
 
-def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "train",
-                       download: bool = False) -> TensorDataset:
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None, split: str = "train", download: bool = False
+) -> TensorDataset:
     """Fashion-MNIST `split` ("train": 60000 images, "test": 10000) as a TensorDataset.
 
     Images are float32 of shape (N, 1, 28, 28), normalised with mean 0.2860 and

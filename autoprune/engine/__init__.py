@@ -4,5 +4,13 @@ from .cost import count_macs, count_params
 from .criteria import CRITERIA, Criterion, get_criterion
 from .space import ChannelGroup, Member, PruningSpace
 
-__all__ = ["PruningSpace", "ChannelGroup", "Member", "count_macs", "count_params", "CRITERIA", "Criterion",
-           "get_criterion"]
+__all__ = [
+    "PruningSpace",
+    "ChannelGroup",
+    "Member",
+    "count_macs",
+    "count_params",
+    "CRITERIA",
+    "Criterion",
+    "get_criterion",
+]

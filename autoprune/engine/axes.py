@@ -422,4 +422,3 @@ def poly_mul(p: dict[tuple[int, ...], int], q: dict[tuple[int, ...], int]) -> di
 def poly_add(into: dict[tuple[int, ...], int], p: dict[tuple[int, ...], int], scale: int = 1) -> None:
     for k, v in p.items():
         into[k] = into.get(k, 0) + v * scale
-

@@ -95,8 +95,11 @@ class _CallRecorder(TorchDispatchMode):
         model = space.model
         self.params = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
         tracer_dims = space._tracer._dims
-        self.dims: dict[int, list[Expr]] = {id(x): tracer_dims[id(y)] for x, y in zip(inputs, space.example_inputs)
-                                            if isinstance(y, torch.Tensor) and id(y) in tracer_dims}
+        self.dims: dict[int, list[Expr]] = {
+            id(x): tracer_dims[id(y)]
+            for x, y in zip(inputs, space.example_inputs)
+            if isinstance(y, torch.Tensor) and id(y) in tracer_dims
+        }
         self.alive: list[torch.Tensor] = []
         self.calls: list[tuple[int, Any, tuple, dict]] = []
         self.index = 0
@@ -134,8 +137,10 @@ def _inputs(space: "PruningSpace", batch_size: int | None) -> tuple:
     """The space's example inputs, their samples repeated to ``batch_size`` when given."""
     if batch_size is None:
         return space.example_inputs
-    return tuple(x[torch.arange(batch_size) % x.shape[0]] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
-                 for x in space.example_inputs)
+    return tuple(
+        x[torch.arange(batch_size) % x.shape[0]] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+        for x in space.example_inputs
+    )
 
 
 def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
@@ -203,7 +208,9 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def median_ms(fn: Any, *, min_run_time: float, device: torch.device, blocks: int = 5, block_time: float = 1e-3) -> float:
+def median_ms(
+    fn: Any, *, min_run_time: float, device: torch.device, blocks: int = 5, block_time: float = 1e-3
+) -> float:
     """Median milliseconds per call of ``fn``: blocks of calls (each at least ``block_time``) for at least
     ``min_run_time`` seconds and ``blocks`` blocks, after one warm-up call."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -252,7 +259,9 @@ class LatencyTable:
     restore it with :meth:`from_dict` (which refuses another model).
     """
 
-    def __init__(self, space: "PruningSpace", layers: list[dict[str, Any]], full_ms: float, info: dict[str, Any]) -> None:
+    def __init__(
+        self, space: "PruningSpace", layers: list[dict[str, Any]], full_ms: float, info: dict[str, Any]
+    ) -> None:
         self.space = space
         self.layers = layers
         self.full_ms = float(full_ms)
@@ -282,7 +291,12 @@ class LatencyTable:
         over ``repeats`` passes of :func:`median_ms` (``min_run_time`` seconds). The
         whole model is timed between the layers, and the median of those is ``full_ms``.
         """
-        for label, v in (("threads", threads), ("repeats", repeats), ("grid_step", grid_step), ("batch_size", batch_size)):
+        for label, v in (
+            ("threads", threads),
+            ("repeats", repeats),
+            ("grid_step", grid_step),
+            ("batch_size", batch_size),
+        ):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{label} must be a positive integer, got {v!r}")
         device = torch.device(device)
@@ -301,7 +315,9 @@ class LatencyTable:
                 for k, c in enumerate(calls):
                     if k % every == 0:  # the whole model, timed between the layers: drift hits both alike
                         model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
-                    points = [grids[i] for i in c.groups] if len(c.groups) <= 2 else [[int(full[i])] for i in c.groups[:2]]
+                    points = (
+                        [grids[i] for i in c.groups] if len(c.groups) <= 2 else [[int(full[i])] for i in c.groups[:2]]
+                    )
                     if len(points) == 1:
                         points.append([0])
                     v = np.empty((len(points[0]), len(points[1])))
@@ -316,15 +332,24 @@ class LatencyTable:
         for k, c in enumerate(calls):
             v = np.median(np.stack([p[k] for p in passes]), axis=0)
             interpolated = len(c.groups) <= 2
-            layers.append({
-                "name": c.name,
-                "groups": [space.groups[i].name for i in c.groups],
-                "grids": [grids[i] for i in c.groups] if interpolated else [],
-                "values": (_monotone(v) if interpolated else v).tolist(),
-            })
-        info = {"device": str(device), "hardware": hardware(device), "threads": threads, "batch_size": batch_size,
-                "grid_step": grid_step, "torch": torch.__version__, "measurements": len(timer.cache) * repeats,
-                "build_seconds": round(time.perf_counter() - started, 2)}
+            layers.append(
+                {
+                    "name": c.name,
+                    "groups": [space.groups[i].name for i in c.groups],
+                    "grids": [grids[i] for i in c.groups] if interpolated else [],
+                    "values": (_monotone(v) if interpolated else v).tolist(),
+                }
+            )
+        info = {
+            "device": str(device),
+            "hardware": hardware(device),
+            "threads": threads,
+            "batch_size": batch_size,
+            "grid_step": grid_step,
+            "torch": torch.__version__,
+            "measurements": len(timer.cache) * repeats,
+            "build_seconds": round(time.perf_counter() - started, 2),
+        }
         return cls(space, layers, float(np.median(model_ms)), info)
 
     # -- prediction -----------------------------------------------------------------------------
@@ -334,7 +359,9 @@ class LatencyTable:
         dummy = len(self.space.groups)  # reads a constant 0 from the padded counts
         keys, grids, starts, lengths, var, base, inner, values = [], [], [], [], [], [], [], []
         self._fallback: list[tuple[float, list[Expr], list[int]]] = []
-        calls = {c.name: c for c in _record_calls(self.space, None)} if any(not lay["grids"] for lay in self.layers) else {}
+        calls = (
+            {c.name: c for c in _record_calls(self.space, None)} if any(not lay["grids"] for lay in self.layers) else {}
+        )
         offset = n_values = 0
         for lay in self.layers:
             if not lay["grids"]:
@@ -407,8 +434,14 @@ class LatencyTable:
     # -- storage --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (e.g. for ``study.set_user_attr("latency_table", ...)``)."""
-        return {"format": FORMAT, "fingerprint": space_fingerprint(self.space), **self.info,
-                "full_ms": self.full_ms, "constant_ms": self.constant_ms, "layers": self.layers}
+        return {
+            "format": FORMAT,
+            "fingerprint": space_fingerprint(self.space),
+            **self.info,
+            "full_ms": self.full_ms,
+            "constant_ms": self.constant_ms,
+            "layers": self.layers,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], space: "PruningSpace") -> "LatencyTable":
@@ -417,8 +450,10 @@ class LatencyTable:
             raise ValueError(f"latency table format {data.get('format')!r} is not {FORMAT}; rebuild the table")
         mine = space_fingerprint(space)
         if data.get("fingerprint") != mine:
-            raise ValueError(f"this latency table was built for another model (fingerprint {data.get('fingerprint')}, "
-                             f"this space {mine}); build one for this model with LatencyTable.build(space)")
+            raise ValueError(
+                f"this latency table was built for another model (fingerprint {data.get('fingerprint')}, "
+                f"this space {mine}); build one for this model with LatencyTable.build(space)"
+            )
         names = [c.name for c in _record_calls(space, data.get("batch_size"))]
         if names != [lay["name"] for lay in data["layers"]]:
             raise ValueError("this latency table's layers do not match the space's traced ops; rebuild it")
@@ -428,19 +463,28 @@ class LatencyTable:
     def matches(self, *, device: str | torch.device = "cpu", threads: int = 1, batch_size: int | None = None) -> bool:
         """True if the table was measured on this machine's ``device`` with these threads and batch size."""
         device = torch.device(device)
-        return (self.info.get("device") == str(device) and self.info.get("hardware") == hardware(device)
-                and self.info.get("threads") == threads and self.info.get("batch_size") == batch_size)
+        return (
+            self.info.get("device") == str(device)
+            and self.info.get("hardware") == hardware(device)
+            and self.info.get("threads") == threads
+            and self.info.get("batch_size") == batch_size
+        )
 
     def __repr__(self) -> str:
-        return (f"LatencyTable({len(self.layers)} layers, full {self.full_ms:.3f} ms, "
-                f"device={self.info.get('device')!r}, threads={self.info.get('threads')}, "
-                f"batch_size={self.info.get('batch_size')})")
+        return (
+            f"LatencyTable({len(self.layers)} layers, full {self.full_ms:.3f} ms, "
+            f"device={self.info.get('device')!r}, threads={self.info.get('threads')}, "
+            f"batch_size={self.info.get('batch_size')})"
+        )
 
 
 def _signature(space: "PruningSpace", call: _Call, counts: dict[int, int]) -> tuple:
     """The call's tensor shapes at ``counts`` and its other arguments: layers with equal ones share a timing."""
-    shapes = tuple((_kept_shape(space, a, counts), a.dtype)
-                   for a in pytree.tree_leaves((call.args, call.kwargs)) if isinstance(a, _Arg))
+    shapes = tuple(
+        (_kept_shape(space, a, counts), a.dtype)
+        for a in pytree.tree_leaves((call.args, call.kwargs))
+        if isinstance(a, _Arg)
+    )
     plain = tuple(repr(x) for x in pytree.tree_leaves((call.args, call.kwargs)) if not isinstance(x, _Arg))
     return call.func, shapes, plain
 
@@ -453,8 +497,9 @@ def _kept_shape(space: "PruningSpace", a: _Arg, counts: dict[int, int]) -> tuple
     """
     if a.dims is None:
         return a.shape
-    return tuple(n if not e else n * space._kept_size(e, counts) // space._kept_size(e, {})
-                 for n, e in zip(a.shape, a.dims))
+    return tuple(
+        n if not e else n * space._kept_size(e, counts) // space._kept_size(e, {}) for n, e in zip(a.shape, a.dims)
+    )
 
 
 def _runner(call: _Call, shapes: tuple, device: torch.device) -> Any:
@@ -483,11 +528,13 @@ def _conv_groups(call: _Call, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     groups = named["input"].shape[1] // named["weight"].shape[1]
     pos = [a.name for a in call.func._schema.arguments].index("groups")
     if pos < len(args):
-        return (*args[:pos], groups, *args[pos + 1:]), kwargs
+        return (*args[:pos], groups, *args[pos + 1 :]), kwargs
     return args, {**kwargs, "groups": groups}
 
 
-def _time_call(space: "PruningSpace", call: _Call, counts: dict[int, int], timer: _Timer, device: torch.device) -> float:
+def _time_call(
+    space: "PruningSpace", call: _Call, counts: dict[int, int], timer: _Timer, device: torch.device
+) -> float:
     key = _signature(space, call, counts)
     return timer(key, lambda: _runner(call, key[1], device))
 

@@ -37,7 +37,7 @@ def _norm(m: nn.Module) -> None:
         m.num_features = ref.shape[0]
 
 
-def _layer_norm(m: nn.Module) -> None:
+def _layer_norm(m: nn.Module) -> None:  # LayerNorm and RMSNorm
     if m.weight is not None:
         m.normalized_shape = tuple(m.weight.shape)
 
@@ -45,11 +45,6 @@ def _layer_norm(m: nn.Module) -> None:
 def _group_norm(m: nn.Module) -> None:
     if m.weight is not None:
         m.num_channels = m.weight.shape[0]
-
-
-def _rms_norm(m: nn.Module) -> None:
-    if m.weight is not None:
-        m.normalized_shape = tuple(m.weight.shape)
 
 
 def _embedding(m: nn.Module) -> None:
@@ -77,7 +72,7 @@ UPDATERS: dict[type, Updater] = {
     nn.modules.batchnorm._NormBase: _norm,
     nn.LayerNorm: _layer_norm,
     nn.GroupNorm: _group_norm,
-    nn.RMSNorm: _rms_norm,
+    nn.RMSNorm: _layer_norm,
     nn.Embedding: _embedding,
     nn.PReLU: _prelu,
     nn.MultiheadAttention: _mha,
@@ -100,15 +95,18 @@ def output_dim(m: nn.Module, param: str) -> int | None:
         return 0
     if isinstance(m, nn.Embedding) and param == "weight":
         return 1
-    if isinstance(m, nn.MultiheadAttention) and param in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+    if isinstance(m, nn.MultiheadAttention) and param in (
+        "in_proj_weight",
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+    ):
         return 0
     return None
 
 
 def is_norm_scale(m: nn.Module, param: str) -> bool:
-    return param == "weight" and isinstance(
-        m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
-    )
+    return param == "weight" and isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
 
 
 def constraints(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], tracer) -> None:  # noqa: ANN001
@@ -119,7 +117,7 @@ def constraints(m: nn.Module, name: str, param_dims: dict[str, list[Expr]], trac
     # F.multi_head_attention_forward checks the query width against embed_dim and
     # derives head_dim from it, so the projections' inner width equals the input width.
     pre = f"{name}." if name else ""
-    dims = {k[len(pre):]: v for k, v in param_dims.items() if k.startswith(pre) and "." not in k[len(pre):]}
+    dims = {k[len(pre) :]: v for k, v in param_dims.items() if k.startswith(pre) and "." not in k[len(pre) :]}
     out_w = param_dims.get(f"{pre}out_proj.weight")
     if m._qkv_same_embed_dim and "in_proj_weight" in dims:
         d0, d1 = dims["in_proj_weight"]

@@ -170,11 +170,22 @@ def _spatial_rule(k: int) -> Rule:
 
 for _k in (1, 2, 3):
     for _n in (
-        f"max_pool{_k}d", f"max_pool{_k}d_with_indices", f"avg_pool{_k}d", f"adaptive_avg_pool{_k}d",
-        f"_adaptive_avg_pool{_k}d", f"adaptive_max_pool{_k}d", f"lp_pool{_k}d", f"fractional_max_pool{_k}d",
-        f"reflection_pad{_k}d", f"replication_pad{_k}d", f"upsample_nearest{_k}d", f"_upsample_nearest_exact{_k}d",
+        f"max_pool{_k}d",
+        f"max_pool{_k}d_with_indices",
+        f"avg_pool{_k}d",
+        f"adaptive_avg_pool{_k}d",
+        f"_adaptive_avg_pool{_k}d",
+        f"adaptive_max_pool{_k}d",
+        f"lp_pool{_k}d",
+        f"fractional_max_pool{_k}d",
+        f"reflection_pad{_k}d",
+        f"replication_pad{_k}d",
+        f"upsample_nearest{_k}d",
+        f"_upsample_nearest_exact{_k}d",
         f"upsample_linear{_k}d" if _k == 1 else f"upsample_{'bi' if _k == 2 else 'tri'}linear{_k}d",
-        f"_upsample_{'bi' if _k == 2 else 'tri'}linear{_k}d_aa", f"upsample_bicubic{_k}d", f"_upsample_bicubic{_k}d_aa",
+        f"_upsample_{'bi' if _k == 2 else 'tri'}linear{_k}d_aa",
+        f"upsample_bicubic{_k}d",
+        f"_upsample_bicubic{_k}d_aa",
     ):
         RULES[_n] = _spatial_rule(_k)
 
@@ -204,8 +215,15 @@ def constant_pad(t: Tracer, func, args, kwargs, outs, out) -> None:
             d[k] = t.fresh(out.shape[k])
         elif before >= 0 and after >= 0:
             # Zero padding is a concatenation with constant blocks.
-            parts = [p for p in (t.axes.new(before, True) if before else None, t.axes.as_axis(e),
-                                 t.axes.new(after, True) if after else None) if p is not None]
+            parts = [
+                p
+                for p in (
+                    t.axes.new(before, True) if before else None,
+                    t.axes.as_axis(e),
+                    t.axes.new(after, True) if after else None,
+                )
+                if p is not None
+            ]
             d[k] = (t.axes.make_sum(parts),)
         elif before <= 0 and after <= 0:
             n = x.shape[k]

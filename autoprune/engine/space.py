@@ -180,7 +180,13 @@ class PruningSpace:
                     n = self.axes._nodes[a]
                     if n.frozen or n.size < 2:
                         continue
-                    role = "output" if k == out_dim else "norm" if m is not None and layers.is_norm_scale(m, attr) else "other"
+                    role = (
+                        "output"
+                        if k == out_dim
+                        else "norm"
+                        if m is not None and layers.is_norm_scale(m, attr)
+                        else "other"
+                    )
                     lst = members.setdefault(a, [])
                     if all(x.param != pname or x.dim != k for x in lst):
                         lst.append(Member(pname, k, mod, role))
@@ -403,7 +409,9 @@ class PruningSpace:
                         out.setdefault(pname, {})[k] = idx
         return out
 
-    def scores(self, criterion: Any = "l1", calibration: Any = None, groups: Sequence[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
+    def scores(
+        self, criterion: Any = "l1", calibration: Any = None, groups: Sequence[ChannelGroup] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per-channel importance of each group (higher is kept first)."""
         from .criteria import get_criterion
 
@@ -476,8 +484,9 @@ def _copy_modules(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
         if k == "_modules":
             state[k] = {n: None if m is None else _copy_modules(m, memo) for n, m in v.items()}
         elif k in ("_parameters", "_buffers"):
-            state[k] = {n: None if t is None else memo[id(t)] if id(t) in memo else copy.deepcopy(t, memo)
-                        for n, t in v.items()}
+            state[k] = {
+                n: None if t is None else memo[id(t)] if id(t) in memo else copy.deepcopy(t, memo) for n, t in v.items()
+            }
         elif isinstance(v, _SHARED) or (isinstance(v, tuple) and all(isinstance(x, _SHARED) for x in v)):
             state[k] = v
         elif isinstance(v, (dict, set, list)) and not v:

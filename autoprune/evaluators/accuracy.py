@@ -95,8 +95,10 @@ def _as_source(data: Any, name: str) -> _TensorSource | _DatasetSource | DataLoa
         return data
     if isinstance(data, (tuple, list)):
         if len(data) < 2 or not all(isinstance(t, torch.Tensor) for t in data):
-            raise TypeError(f"{name} given as a tuple must hold tensors (inputs..., targets), "
-                            f"got {[type(t).__name__ for t in data]}")
+            raise TypeError(
+                f"{name} given as a tuple must hold tensors (inputs..., targets), "
+                f"got {[type(t).__name__ for t in data]}"
+            )
         source: Any = _TensorSource(data, None, name)
     elif isinstance(data, IterableDataset):
         raise TypeError(f"{name} is an IterableDataset; wrap it in a DataLoader")
@@ -114,8 +116,9 @@ def _as_source(data: Any, name: str) -> _TensorSource | _DatasetSource | DataLoa
         else:
             raise TypeError(f"{name} is a Dataset without __len__; wrap it in a DataLoader")
     else:
-        raise TypeError(f"{name} must be a Dataset, a DataLoader or a tuple (inputs, targets) of tensors, "
-                        f"got {type(data).__name__}")
+        raise TypeError(
+            f"{name} must be a Dataset, a DataLoader or a tuple (inputs, targets) of tensors, got {type(data).__name__}"
+        )
     if len(source) == 0:
         raise ValueError(f"{name} is empty")
     return source
@@ -148,8 +151,10 @@ def _logits(output: Any) -> torch.Tensor:
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
-    raise TypeError(f"cannot find class scores in the model's output of type {type(output).__name__}; "
-                    "return a tensor, a tuple whose first item is the logits, or an object with .logits")
+    raise TypeError(
+        f"cannot find class scores in the model's output of type {type(output).__name__}; "
+        "return a tensor, a tuple whose first item is the logits, or an object with .logits"
+    )
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> int:
@@ -291,10 +296,12 @@ class AccuracyEvaluator(Evaluator):
                 self._finetune_plan = _random_batches(size, finetune_batch_size, finetune_steps, generator)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(batch_size={self.batch_size}, batches={self.batches}, "
-                f"bn_recalibration_batches={self.bn_recalibration_batches}, "
-                f"finetune_steps={self.finetune_steps}, device='{self.device}', threads={self.threads}, "
-                f"bf16={self.bf16}, channels_last={self.channels_last}, seed={self.seed})")
+        return (
+            f"{type(self).__name__}(batch_size={self.batch_size}, batches={self.batches}, "
+            f"bn_recalibration_batches={self.bn_recalibration_batches}, "
+            f"finetune_steps={self.finetune_steps}, device='{self.device}', threads={self.threads}, "
+            f"bf16={self.bf16}, channels_last={self.channels_last}, seed={self.seed})"
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -335,8 +342,9 @@ class AccuracyEvaluator(Evaluator):
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError("fine-tuning was requested but the model has no parameters that require grad")
-        optimizer = torch.optim.SGD(parameters, lr=self.finetune_lr, momentum=0.9, nesterov=True,
-                                    weight_decay=self.finetune_weight_decay)
+        optimizer = torch.optim.SGD(
+            parameters, lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=self.finetune_weight_decay
+        )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.finetune_steps)
         model.train()
         total = torch.zeros((), device=self.device)
@@ -353,8 +361,12 @@ class AccuracyEvaluator(Evaluator):
         return float(total) / self.finetune_steps
 
     def _recalibrate(self, model: nn.Module) -> int:
-        batches = (inputs for inputs, _ in self._iterate(self._train, self._recalibration_plan,
-                                                        self.bn_recalibration_batches, "train_data"))
+        batches = (
+            inputs
+            for inputs, _ in self._iterate(
+                self._train, self._recalibration_plan, self.bn_recalibration_batches, "train_data"
+            )
+        )
         with self._autocast():
             return recalibrate_batchnorm(model, batches)
 
@@ -380,8 +392,13 @@ class AccuracyEvaluator(Evaluator):
         if samples == 0:
             raise ValueError("the scoring data yielded no samples")
         accuracy = int(correct) / samples
-        return {"score": accuracy, "accuracy": accuracy, "accuracy_top5": int(correct_top5) / samples,
-                "loss": float(loss) / samples, "samples": samples}
+        return {
+            "score": accuracy,
+            "accuracy": accuracy,
+            "accuracy_top5": int(correct_top5) / samples,
+            "loss": float(loss) / samples,
+            "samples": samples,
+        }
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         start = time.perf_counter()
@@ -396,6 +413,10 @@ class AccuracyEvaluator(Evaluator):
                 extras["finetune_loss"] = self._finetune(model)
             recalibrated = self._recalibrate(model) if self.bn_recalibration_batches else 0
             result = self._score(model)
-        result.update(extras, recalibration_batches=recalibrated, finetune_steps=self.finetune_steps,
-                      eval_seconds=time.perf_counter() - start)
+        result.update(
+            extras,
+            recalibration_batches=recalibrated,
+            finetune_steps=self.finetune_steps,
+            eval_seconds=time.perf_counter() - start,
+        )
         return result

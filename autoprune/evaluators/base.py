@@ -125,8 +125,7 @@ def _import_object(path: str, builtin_names: str) -> Any:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(
-            f"cannot import module {module_name!r} for evaluator {path!r}: {exc}. "
-            f"Built-in evaluators: {builtin_names}"
+            f"cannot import module {module_name!r} for evaluator {path!r}: {exc}. Built-in evaluators: {builtin_names}"
         ) from exc
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -155,16 +154,20 @@ def resolve_evaluator(spec: str | EvaluatorLike, **kwargs: Any) -> EvaluatorLike
                 f"or 'package.module:function', got {type(spec).__name__}"
             )
         if kwargs:
-            raise TypeError(f"keyword arguments {sorted(kwargs)} only apply to a name or import path, "
-                            f"not to the evaluator object {spec!r}")
+            raise TypeError(
+                f"keyword arguments {sorted(kwargs)} only apply to a name or import path, "
+                f"not to the evaluator object {spec!r}"
+            )
         return spec
     if spec in builtins:
         return builtins[spec](**kwargs)
     if ":" not in spec:
         close = difflib.get_close_matches(spec, builtins, n=2)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown evaluator {spec!r}.{hint} Built-in evaluators: {builtin_names}; "
-                         f"or give an import path 'package.module:function'")
+        raise ValueError(
+            f"unknown evaluator {spec!r}.{hint} Built-in evaluators: {builtin_names}; "
+            f"or give an import path 'package.module:function'"
+        )
     target = _import_object(spec, builtin_names)
     if kwargs:
         if not callable(target):

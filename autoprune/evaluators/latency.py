@@ -25,8 +25,9 @@ from .base import Evaluator, check_count, num_threads, resolve_device
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
-def _prepare_inputs(example_inputs: Inputs, batch_size: int | None, device: torch.device,
-                    channels_last: bool) -> tuple[torch.Tensor, ...]:
+def _prepare_inputs(
+    example_inputs: Inputs, batch_size: int | None, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, ...]:
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise TypeError("example_inputs must be a tensor or a sequence of tensors (the model's positional inputs)")
@@ -52,9 +53,18 @@ def _check_options(batch_size: int | None, threads: int, min_run_time: float, wa
         raise ValueError(f"min_run_time must be a positive number of seconds, got {min_run_time!r}")
 
 
-def _benchmark(model: nn.Module, example_inputs: Inputs, *, batch_size: int | None, threads: int,
-               device: str | torch.device, min_run_time: float, warmup: int, channels_last: bool,
-               bf16: bool) -> dict[str, float]:
+def _benchmark(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    batch_size: int | None,
+    threads: int,
+    device: str | torch.device,
+    min_run_time: float,
+    warmup: int,
+    channels_last: bool,
+    bf16: bool,
+) -> dict[str, float]:
     _check_options(batch_size, threads, min_run_time, warmup)
     resolved = resolve_device(device)
     inputs = _prepare_inputs(example_inputs, batch_size, resolved, channels_last)
@@ -64,7 +74,9 @@ def _benchmark(model: nn.Module, example_inputs: Inputs, *, batch_size: int | No
     was_training = model.training
     model.eval()
     timer = benchmark.Timer(
-        stmt="model(*inputs)", globals={"model": model, "inputs": inputs}, num_threads=threads,
+        stmt="model(*inputs)",
+        globals={"model": model, "inputs": inputs},
+        num_threads=threads,
     )
     autocast = torch.autocast(resolved.type, dtype=torch.bfloat16, enabled=bf16)
     try:
@@ -77,8 +89,12 @@ def _benchmark(model: nn.Module, example_inputs: Inputs, *, batch_size: int | No
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         model.train(was_training)
-    result = {"latency_ms": measurement.median * 1e3, "iqr_ms": measurement.iqr * 1e3,
-              "latency_mean_ms": measurement.mean * 1e3, "runs": len(measurement.times)}
+    result = {
+        "latency_ms": measurement.median * 1e3,
+        "iqr_ms": measurement.iqr * 1e3,
+        "latency_mean_ms": measurement.mean * 1e3,
+        "runs": len(measurement.times),
+    }
     if resolved.type == "cpu" and wall > 0:
         result["cpu_utilization"] = cpu / wall / threads
     return result
@@ -103,9 +119,17 @@ def measure_latency(
     (and to channels-last layout when asked); its train/eval mode is restored.
     Noisy on shared machines: see this module's docstring.
     """
-    return _benchmark(model, example_inputs, batch_size=batch_size, threads=threads, device=device,
-                      min_run_time=min_run_time, warmup=warmup, channels_last=channels_last,
-                      bf16=bf16)["latency_ms"]
+    return _benchmark(
+        model,
+        example_inputs,
+        batch_size=batch_size,
+        threads=threads,
+        device=device,
+        min_run_time=min_run_time,
+        warmup=warmup,
+        channels_last=channels_last,
+        bf16=bf16,
+    )["latency_ms"]
 
 
 class LatencyEvaluator(Evaluator):
@@ -133,9 +157,15 @@ class LatencyEvaluator(Evaluator):
     ) -> None:
         _check_options(batch_size, threads, min_run_time, warmup)
         self.device = resolve_device(device)
-        self.options: dict[str, Any] = dict(batch_size=batch_size, threads=threads, device=self.device,
-                                            min_run_time=min_run_time, warmup=warmup,
-                                            channels_last=channels_last, bf16=bf16)
+        self.options: dict[str, Any] = dict(
+            batch_size=batch_size,
+            threads=threads,
+            device=self.device,
+            min_run_time=min_run_time,
+            warmup=warmup,
+            channels_last=channels_last,
+            bf16=bf16,
+        )
         self.example_inputs = example_inputs
         _prepare_inputs(example_inputs, batch_size, self.device, channels_last)  # fail early on bad inputs
 

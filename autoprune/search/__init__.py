@@ -5,5 +5,15 @@ from .export import export, load
 from .runner import best_plan, search
 from .strategy import STRATEGIES, SearchContext, Strategy, get_strategy
 
-__all__ = ["Budget", "Projector", "search", "best_plan", "export", "load", "STRATEGIES", "Strategy", "SearchContext",
-           "get_strategy"]
+__all__ = [
+    "Budget",
+    "Projector",
+    "search",
+    "best_plan",
+    "export",
+    "load",
+    "STRATEGIES",
+    "Strategy",
+    "SearchContext",
+    "get_strategy",
+]

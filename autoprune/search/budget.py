@@ -38,9 +38,13 @@ class Budget:
         for name in METRICS:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
-                raise ValueError(f"Budget({name}=...) must be a positive number (a fraction <= 1 or an absolute count), got {v!r}")
+                raise ValueError(
+                    f"Budget({name}=...) must be a positive number (a fraction <= 1 or an absolute count), got {v!r}"
+                )
         if all(getattr(self, n) is None for n in METRICS):
-            raise ValueError("Budget needs at least one limit: Budget(macs=0.5), Budget(params=0.5) or Budget(latency=0.5)")
+            raise ValueError(
+                "Budget needs at least one limit: Budget(macs=0.5), Budget(params=0.5) or Budget(latency=0.5)"
+            )
 
     def to_dict(self) -> dict[str, float]:
         return {n: getattr(self, n) for n in METRICS if getattr(self, n) is not None}
@@ -67,8 +71,13 @@ class Projector:
     A latency budget uses ``latency_table`` (built with ``LatencyTable.build(space)`` when not given).
     """
 
-    def __init__(self, space: PruningSpace, budget: Budget | None, max_sparsity: float = 0.95,
-                 latency_table: LatencyTable | None = None) -> None:
+    def __init__(
+        self,
+        space: PruningSpace,
+        budget: Budget | None,
+        max_sparsity: float = 0.95,
+        latency_table: LatencyTable | None = None,
+    ) -> None:
         self.space = space
         self.budget = budget
         self.names = [g.name for g in space.groups]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..engine import PruningSpace, count_macs, count_params
+from ..engine import PruningSpace
 from ..engine.space import shrink, update_widths
 
 STRUCTURE = "structure.json"
@@ -98,7 +98,8 @@ def export(
         "base_params": space.params({}),
         "layers": {
             name: {"shape": list(t.shape), "kept": {str(d): indices[name][d].tolist() for d in sorted(indices[name])}}
-            for name, t in built.state_dict().items() if name in indices
+            for name, t in built.state_dict().items()
+            if name in indices
         },
         "attributes": _attributes(space.model, built),
         **dict(extra or {}),
@@ -124,7 +125,9 @@ def load(out_dir: str | Path, base_model: nn.Module) -> nn.Module:
             f"{path} was exported from a different architecture (fingerprint {structure.get('base_fingerprint')}, "
             f"this model {fingerprint(base_model)}): pass the same unpruned model class and constructor arguments"
         )
-    indices = {n: {int(d): torch.tensor(ix) for d, ix in spec["kept"].items()} for n, spec in structure["layers"].items()}
+    indices = {
+        n: {int(d): torch.tensor(ix) for d, ix in spec["kept"].items()} for n, spec in structure["layers"].items()
+    }
     model = shrink(base_model, indices)
     modules = dict(model.named_modules())
     for mod, attrs in structure["attributes"].items():
@@ -158,7 +161,3 @@ def _export_onnx(model: nn.Module, inputs: tuple, path: Path) -> None:
     with torch.no_grad():
         want = model(*inputs)
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4)
-
-
-def measured(model: nn.Module, inputs: Any) -> dict[str, int]:
-    return {"macs": count_macs(model, inputs), "params": count_params(model)}

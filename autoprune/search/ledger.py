@@ -51,7 +51,8 @@ def is_single_process(storage: BaseStorage) -> bool:
 def counted(study: optuna.Study) -> int:
     """Trials that count toward the study-wide budget (stale failures from crashes excluded)."""
     return sum(
-        1 for t in study.get_trials(deepcopy=False, states=COUNTED)
+        1
+        for t in study.get_trials(deepcopy=False, states=COUNTED)
         if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))
     )
 
@@ -69,7 +70,11 @@ def recover(study: optuna.Study, *, assume_dead: bool) -> list[int]:
     if not assume_dead:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            stale_ids = set(storage._get_stale_trial_ids(study._study_id)) if isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled() else set()
+            stale_ids = (
+                set(storage._get_stale_trial_ids(study._study_id))
+                if isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled()
+                else set()
+            )
         running = [t for t in running if t._trial_id in stale_ids]
     done = []
     for t in running:

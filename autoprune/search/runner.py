@@ -109,8 +109,15 @@ def search(
     return study
 
 
-def _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration,  # noqa: ANN001
-               ) -> tuple[TrialState, list[float] | None]:
+def _run_trial(
+    trial,
+    ctx,
+    evaluator,
+    normalize_result,
+    strat,
+    criterion,
+    calibration,  # noqa: ANN001
+) -> tuple[TrialState, list[float] | None]:
     space, projector, multi_objective = ctx.space, ctx.projector, ctx.multi_objective
     raw = {n: float(trial.params[n]) for n in ctx.names}
     plan = projector.project(raw, fill=not multi_objective) if strat.projects else raw

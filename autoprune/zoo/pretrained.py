@@ -67,12 +67,16 @@ def pretrained(name: str = "resnet20_fashion_mnist") -> nn.Module:
     meta = PRETRAINED[name]
     path = Path(meta["weights_path"])
     if not path.is_file():
-        raise FileNotFoundError(f"weights of {name!r} not found at {path}; recreate them with "
-                                f"`python benchmarks/pretrain.py --model {meta['arch']}`")
+        raise FileNotFoundError(
+            f"weights of {name!r} not found at {path}; recreate them with "
+            f"`python benchmarks/pretrain.py --model {meta['arch']}`"
+        )
     payload = path.read_bytes()
     if "sha256" in meta and hashlib.sha256(payload).hexdigest() != meta["sha256"]:
-        raise RuntimeError(f"{path} does not match the sha256 recorded in its metadata JSON; the file is "
-                           f"corrupt, or it was replaced without its JSON (rerun benchmarks/pretrain.py)")
+        raise RuntimeError(
+            f"{path} does not match the sha256 recorded in its metadata JSON; the file is "
+            f"corrupt, or it was replaced without its JSON (rerun benchmarks/pretrain.py)"
+        )
     state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     model = _BUILDERS[meta["arch"]](**meta["arch_kwargs"])
     model.load_state_dict(state)

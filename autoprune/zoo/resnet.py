@@ -34,8 +34,7 @@ def check_widths(name: str, widths: Sequence[int], expected_length: int) -> list
     values = list(widths)
     if len(values) != expected_length or not all(_is_width(value) for value in values):
         raise ValueError(
-            f"{name} must be a sequence of {expected_length} positive integers, "
-            f"got {len(values)} values: {values}"
+            f"{name} must be a sequence of {expected_length} positive integers, got {len(values)} values: {values}"
         )
     return values
 

@@ -22,8 +22,14 @@ def main() -> None:
     model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
     train, test = load_digits("train"), load_digits("test")
     netadapt = strategy == "netadapt"
-    evaluator = AccuracyEvaluator(test, train_data=train, bn_recalibration_batches=2, recalibration_batch_size=64,
-                                  finetune_steps=5 if netadapt else 0, finetune_batch_size=64)
+    evaluator = AccuracyEvaluator(
+        test,
+        train_data=train,
+        bn_recalibration_batches=2,
+        recalibration_batch_size=64,
+        finetune_steps=5 if netadapt else 0,
+        finetune_batch_size=64,
+    )
 
     def slow(model):
         result = evaluator(model)
@@ -32,8 +38,17 @@ def main() -> None:
 
     space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
     options = {"initial_reduction": 0.1} if netadapt else {}
-    ap.search(space, slow, ap.Budget(macs=0.6), strategy=strategy, n_trials=n, storage=url, study_name="digits", seed=0,
-              strategy_options=options)
+    ap.search(
+        space,
+        slow,
+        ap.Budget(macs=0.6),
+        strategy=strategy,
+        n_trials=n,
+        storage=url,
+        study_name="digits",
+        seed=0,
+        strategy_options=options,
+    )
 
 
 if __name__ == "__main__":

@@ -11,5 +11,16 @@ from .mean_activation import MeanActivation
 from .random import Random
 from .taylor import Taylor
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "L1", "L2", "FPGM", "BNScale", "Taylor", "APoZ",
-           "MeanActivation", "Random"]
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "get_criterion",
+    "L1",
+    "L2",
+    "FPGM",
+    "BNScale",
+    "Taylor",
+    "APoZ",
+    "MeanActivation",
+    "Random",
+]

@@ -18,8 +18,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..trace import _no_mha_fastpath
 from .base import batches
 
-ACTIVATIONS = {"relu", "relu_", "hardtanh", "hardtanh_", "gelu", "silu", "silu_", "hardswish", "hardswish_",
-               "leaky_relu", "leaky_relu_", "elu", "elu_", "mish", "_prelu_kernel", "clamp_min", "clamp_min_"}
+ACTIVATIONS = {
+    "relu",
+    "relu_",
+    "hardtanh",
+    "hardtanh_",
+    "gelu",
+    "silu",
+    "silu_",
+    "hardswish",
+    "hardswish_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "mish",
+    "_prelu_kernel",
+    "clamp_min",
+    "clamp_min_",
+}
 PRODUCERS = {"convolution", "_convolution", "mm", "addmm", "bmm", "baddbmm"}
 
 
@@ -72,8 +89,13 @@ class _Collector(TorchDispatchMode):
         return out
 
 
-def activation_scores(space, groups, calibration: Any, stat: Callable[[torch.Tensor, int], torch.Tensor],
-                      finish: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+def activation_scores(
+    space,
+    groups,
+    calibration: Any,
+    stat: Callable[[torch.Tensor, int], torch.Tensor],
+    finish: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
     points = measurement_points(space, groups)
     names = [op.name for op in space._ops]
     model = space.model
@@ -96,7 +118,7 @@ def activation_scores(space, groups, calibration: Any, stat: Callable[[torch.Ten
     out = {}
     for g in groups:
         s = torch.zeros(g.channels, dtype=torch.float64)
-        for (i, j, k, coords) in points[g.atom]:
+        for i, j, k, coords in points[g.atom]:
             per_index = totals.get((i, j, k))
             if per_index is None:
                 continue
@@ -104,7 +126,8 @@ def activation_scores(space, groups, calibration: Any, stat: Callable[[torch.Ten
             inside = coords >= 0
             ch = torch.zeros(g.channels, dtype=torch.float64).index_add_(0, coords[inside], per_index[inside])
             cnt = torch.zeros(g.channels, dtype=torch.float64).index_add_(
-                0, coords[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
+                0, coords[inside], torch.ones(int(inside.sum()), dtype=torch.float64)
+            )
             ch = ch / cnt.clamp_min(1)
             mean = ch.abs().mean()
             s += ch / mean if mean > 0 else ch

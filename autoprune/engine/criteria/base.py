@@ -113,4 +113,6 @@ def batches(calibration: Any) -> Iterable[tuple[tuple, Any]]:
         elif isinstance(batch, (tuple, list)):
             yield tuple(batch), None
         else:
-            raise TypeError(f"calibration batches must be tensors or (inputs, targets) pairs, got {type(batch).__name__}")
+            raise TypeError(
+                f"calibration batches must be tensors or (inputs, targets) pairs, got {type(batch).__name__}"
+            )

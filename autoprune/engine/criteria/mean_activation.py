@@ -9,4 +9,6 @@ class MeanActivation(Criterion):
     needs_data = True
 
     def scores(self, space, groups, calibration):
-        return activation_scores(space, groups, calibration, lambda x, k: per_index_mean(x.clamp_min(0), k), lambda m: m)
+        return activation_scores(
+            space, groups, calibration, lambda x, k: per_index_mean(x.clamp_min(0), k), lambda m: m
+        )

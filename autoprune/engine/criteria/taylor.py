@@ -40,7 +40,9 @@ class Taylor(Criterion):
                     p.grad = None
                 with torch.enable_grad():
                     self.loss(model(*inputs), target).backward()
-                gw = {k: (p.grad * p).detach() if p.grad is not None else torch.zeros_like(p) for k, p in params.items()}
+                gw = {
+                    k: (p.grad * p).detach() if p.grad is not None else torch.zeros_like(p) for k, p in params.items()
+                }
                 for g in groups:
                     s = torch.zeros(g.channels, dtype=torch.float64)
                     for m in g.members:

@@ -93,14 +93,23 @@ class SimulatedAnnealing(Strategy):
     # -- the chain ------------------------------------------------------------------
     def replay(self, ctx: SearchContext) -> ChainState | None:
         """Re-derive the chain from the study's completed trials (in trial order)."""
-        done = [t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "plan" in t.user_attrs]
+        done = [
+            t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs
+        ]
         if not done:
             return None
         start = next((t for t in done if t.user_attrs.get("seed_plan") == START), done[0])
         moves = [t for t in done if t is not start]
-        st = ChainState(dict(start.user_attrs["plan"]), start.values[0], dict(start.user_attrs["plan"]),
-                        start.values[0], 0.0, 0.0, 0, 0)
+        st = ChainState(
+            dict(start.user_attrs["plan"]),
+            start.values[0],
+            dict(start.user_attrs["plan"]),
+            start.values[0],
+            0.0,
+            0.0,
+            0,
+            0,
+        )
         calibration = moves[: self.calibration_moves]
         chain = moves[self.calibration_moves :]
         st.step = len(calibration)
@@ -153,8 +162,10 @@ class SimulatedAnnealing(Strategy):
         ratio = st.temperature / st.t0 if st.t0 > 0 else 1.0
         magnitude = max(self.perturbation * ratio, self.min_perturbation)
         rng = self._rng(ctx, st.step, "move")
-        plan = {n: min(max(st.current.get(n, 0.0) + rng.uniform(-magnitude, magnitude), 0.0), ctx.max_sparsity)
-                for n in names}
+        plan = {
+            n: min(max(st.current.get(n, 0.0) + rng.uniform(-magnitude, magnitude), 0.0), ctx.max_sparsity)
+            for n in names
+        }
         if self.sorted_allocation:
             plan = _sorted_by_size(ctx, plan)
         return ctx.projector.project(plan) or plan

@@ -52,8 +52,15 @@ class NetAdapt(Strategy):
     parallel = "the proposals of one iteration are independent trials: any number of workers evaluate them"
     projects = False
 
-    def __init__(self, resource: str = "macs", initial_reduction: float = 0.025, decay: float = 0.96,
-                 pick: str = "max_score", criterion: str = "l2", artifact_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        resource: str = "macs",
+        initial_reduction: float = 0.025,
+        decay: float = 0.96,
+        pick: str = "max_score",
+        criterion: str = "l2",
+        artifact_dir: str | None = None,
+    ) -> None:
         if resource not in ("macs", "params", "latency_ms"):
             raise ValueError(f"resource must be 'macs', 'params' or 'latency_ms', got {resource!r}")
         if pick not in ("max_score", "min_drop_per_resource"):
@@ -124,14 +131,16 @@ class NetAdapt(Strategy):
             return False
         if st.pending:
             return True  # the rest of this iteration is being evaluated elsewhere: nothing for this worker
-        target = max(st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay ** st.iteration,
-                     self._target(ctx))
+        target = max(
+            st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay**st.iteration, self._target(ctx)
+        )
         proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
         if not proposals:
             return True
         for plan, group in proposals:
-            ctx.study.enqueue_trial(plan, user_attrs={TAG: {"iteration": st.iteration, "group": group,
-                                                             "of": len(proposals)}})
+            ctx.study.enqueue_trial(
+                plan, user_attrs={TAG: {"iteration": st.iteration, "group": group, "of": len(proposals)}}
+            )
         return False
 
     def _propose(self, ctx: SearchContext, st: _State, group: Any, target: float) -> tuple[dict, str] | None:
@@ -175,8 +184,9 @@ class NetAdapt(Strategy):
                 model.load_state_dict(torch.load(path, weights_only=True))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._base = {key: PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to,
-                                                verify=False)}
+                self._base = {
+                    key: PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to, verify=False)
+                }
         return self._base[key]
 
     def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
@@ -208,15 +218,17 @@ class NetAdapt(Strategy):
             if not dims:
                 state[name] = value.detach().clone()
                 continue
-            grids = torch.meshgrid(*[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())],
-                                   indexing="ij")
+            grids = torch.meshgrid(
+                *[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())], indexing="ij"
+            )
             state[name][grids] = value.detach()
         path = Path(tempfile.mkdtemp()) / f"netadapt_trial_{trial.number}.pt"
         torch.save(state, path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            aid = upload_artifact(artifact_store=self._store(ctx), file_path=str(path), study_or_trial=trial,
-                                  storage=ctx.study._storage)
+            aid = upload_artifact(
+                artifact_store=self._store(ctx), file_path=str(path), study_or_trial=trial, storage=ctx.study._storage
+            )
         trial.set_user_attr("netadapt_weights", aid)
 
 
@@ -226,14 +238,18 @@ def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: 
 
     if directory is None:
         url = getattr(study._storage, "url", "") or ""
-        directory = (str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
-                     if url.startswith("sqlite:///") else str(Path.cwd() / "autoprune-artifacts"))
+        directory = (
+            str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
+            if url.startswith("sqlite:///")
+            else str(Path.cwd() / "autoprune-artifacts")
+        )
     Path(directory).mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(directory)
 
 
-def trial_network(space: PruningSpace, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                  artifact_dir: str | None = None) -> tuple[PruningSpace, dict[str, torch.Tensor]]:
+def trial_network(
+    space: PruningSpace, study: optuna.Study, trial: optuna.trial.FrozenTrial, artifact_dir: str | None = None
+) -> tuple[PruningSpace, dict[str, torch.Tensor]]:
     """A NetAdapt trial's own network: a space over its fine-tuned weights, and scores that keep its channels.
 
     ``export(net_space, trial.user_attrs["plan"], out, criterion=scores)`` then writes exactly that network.
@@ -243,8 +259,11 @@ def trial_network(space: PruningSpace, study: optuna.Study, trial: optuna.trial.
     from optuna.artifacts import download_artifact
 
     path = Path(tempfile.mkdtemp()) / "weights.pt"
-    download_artifact(artifact_store=artifact_store(study, artifact_dir), file_path=str(path),
-                      artifact_id=trial.user_attrs["netadapt_weights"])
+    download_artifact(
+        artifact_store=artifact_store(study, artifact_dir),
+        file_path=str(path),
+        artifact_id=trial.user_attrs["netadapt_weights"],
+    )
     model = copy.deepcopy(space.model)
     model.load_state_dict(torch.load(path, weights_only=True))
     with warnings.catch_warnings():
