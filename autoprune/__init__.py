@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from . import zoo  # noqa: E402
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params  # noqa: E402
-from .search import STRATEGIES, Budget, Strategy, best_plan, export, load, search  # noqa: E402
+from .search import STRATEGIES, Budget, Strategy, best_plan, create_study, export, load, search  # noqa: E402
 
 __all__ = [
     "PruningSpace",
@@ -15,6 +15,7 @@ __all__ = [
     "count_params",
     "Budget",
     "search",
+    "create_study",
     "best_plan",
     "export",
     "load",

@@ -45,8 +45,9 @@ def _storage(config: StudyFile, base_dir: Path, override: str | None) -> str:
         return override
     if config.storage:
         url = config.storage
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_absolute():
-            url = f"sqlite:///{base_dir / url.removeprefix('sqlite:///')}"
+        for prefix in ("sqlite:///", "journal:"):  # a file next to the study file, wherever the command runs
+            if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_absolute():
+                url = f"{prefix}{base_dir / url.removeprefix(prefix)}"
         return url
     return f"sqlite:///{base_dir / (config.study_name + '.db')}"
 
@@ -56,16 +57,19 @@ def _setup(config: StudyFile, base_dir: Path, storage: str | None) -> Setup:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)  # a zoo model without weights is the same in every worker
     model = build_model(config.model, base_dir)
     inputs = (torch.zeros(config.model.input_shape),)
     space = ap.PruningSpace(model, inputs, exclude=config.exclude, round_to=config.round_to)
     return Setup(config, base_dir, model, inputs, space, _storage(config, base_dir, storage))
 
 
-def _evaluator(config: StudyFile):  # noqa: ANN202
+def _evaluator(config: StudyFile, device: str | None = None):  # noqa: ANN202
     from .evaluators import resolve_evaluator
 
     kwargs = dict(config.evaluator.kwargs)
+    if device is not None:
+        kwargs["device"] = device
     if config.evaluator.name == "accuracy":
         splits = config.data.splits()
         kwargs.setdefault("train_data", splits.train)
@@ -82,19 +86,123 @@ def _from_args(study_file: Optional[Path], study: Optional[str], storage: Option
         return config, path.parent, _storage(config, path.parent, storage)
     if not (study and storage):
         raise typer.BadParameter("give a study file, or both --study and --storage")
-    try:
-        s = optuna.load_study(study_name=study, storage=storage)
-    except KeyError as err:
-        raise typer.BadParameter(f"no study named {study!r} in {storage}") from err
+    s = _load(study, storage)
     raw = s.user_attrs.get("study_file")
     if raw is None:
         raise typer.BadParameter(f"study {study!r} was not created from a study file; pass the study file instead")
     return parse_study(raw["config"]), Path(raw["base_dir"]), storage
 
 
+def _load(name: str, url: str) -> optuna.Study:
+    from .search.ledger import make_storage, redact
+
+    try:
+        return optuna.load_study(study_name=name, storage=make_storage(url, name, create=False))
+    except (KeyError, optuna.exceptions.StorageInternalError):
+        raise ValueError(
+            f"no study named {name!r} in {redact(url)}: create it once with "
+            f"`autoprune study create STUDY.yaml --storage URL` (workers only join)"
+        ) from None
+
+
 def _fail(err: Exception) -> None:
     console.print(f"[bold red]error:[/] {err}")
     raise typer.Exit(2)
+
+
+def _search_options(config: StudyFile) -> dict[str, Any]:
+    """The arguments of ap.create_study / ap.search a study file gives."""
+    import autoprune as ap
+
+    return dict(
+        budget=ap.Budget(**config.budget.model_dump(exclude_none=True)) if config.budget else None,
+        strategy=config.strategy.name,
+        study_name=config.study_name,
+        criterion=config.criterion,
+        seed=config.seed,
+        multi_objective=config.multi_objective,
+        max_sparsity=config.max_sparsity,
+        strategy_options=config.strategy.options,
+    )
+
+
+def _create(setup: Setup, path: Path) -> optuna.Study:
+    """Create the study (once) and record the study file in it, so export/show need only the study."""
+    import autoprune as ap
+
+    study = ap.create_study(setup.space, storage=setup.storage, **_search_options(setup.config))
+    study.set_user_attr(
+        "study_file", {"config": setup.config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())}
+    )
+    return study
+
+
+BAD_INPUT = (StudyFileError, ValueError, FileNotFoundError, ImportError)
+
+study_app = typer.Typer(no_args_is_help=True, help="Create studies that workers then join.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("create")
+def study_create(
+    study_file: Path = typer.Argument(..., help="The study file (YAML)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (journal file or PostgreSQL)."),
+) -> None:
+    """Create a study once (schema, configuration, seed proposals) before starting its workers."""
+    from .search.ledger import redact
+
+    try:
+        config, path = load_study_file(study_file)
+        setup = _setup(config, path.parent, storage)
+        study = _create(setup, path)
+    except BAD_INPUT as err:
+        _fail(err)
+    url = redact(setup.storage)
+    console.print(
+        f"study [bold]{study.study_name}[/] ready in {url} ({len(study.trials)} trials so far). Start workers with:\n"
+        f"  autoprune worker {study_file} --storage '{url}'"
+    )
+
+
+@app.command()
+def worker(
+    study_file: Path = typer.Argument(..., help="The study file (YAML) the study was created from."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL of the study."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Study-wide number of trials (default: the file)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device for this worker's evaluations, e.g. cuda:1."),
+    heartbeat: float = typer.Option(10.0, "--heartbeat", help="Seconds between heartbeats; 3 missed = dead worker."),
+) -> None:
+    """Join an existing study and evaluate until its study-wide trial budget is spent."""
+    import autoprune as ap
+
+    try:
+        config, path = load_study_file(study_file)
+        url = _storage(config, path.parent, storage)
+        _load(config.study_name, url)  # fails fast: an unreachable database, or no study there yet
+        setup = _setup(config, path.parent, url)
+        evaluator = _evaluator(config, device)
+    except BAD_INPUT as err:
+        _fail(err)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("autoprune").setLevel(logging.ERROR)
+
+    def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        value = f"{t.values[0]:.4f}" if t.values else str(t.user_attrs.get("error", "")).strip()[-200:]
+        console.print(f"trial {t.number} {t.state.name.lower()}: {value}", highlight=False)
+
+    try:
+        ap.search(
+            setup.space,
+            evaluator,
+            storage=setup.storage,
+            n_trials=n_trials or config.n_trials,
+            callbacks=[on_trial],
+            join=True,
+            heartbeat_interval=heartbeat,
+            **_search_options(config),
+        )
+    except ValueError as err:
+        _fail(err)
 
 
 @app.command()
@@ -107,35 +215,40 @@ def search(
         None, "--storage", help="Optuna storage URL (default: SQLite file next to the study file)."
     ),
     export_dir: Optional[Path] = typer.Option(None, "--out", help="Where to export the best structure."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes (journal or PostgreSQL storage)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Device(s) for evaluations: 'cuda:0' or 'cuda:0,cuda:1' (one per worker, cycled)."
+    ),
+    heartbeat: float = typer.Option(10.0, "--heartbeat", help="Seconds between heartbeats; 3 missed = dead worker."),
 ) -> None:
     """Run (or resume) the search a study file describes, then export its best structure."""
     import autoprune as ap
 
+    from .search.ledger import redact
+
+    devices = [d.strip() for d in device.split(",")] if device else [None]
     try:
         config, path = load_study_file(study_file)
         setup = _setup(config, path.parent, storage)
-        evaluator = _evaluator(config)
-        budget = ap.Budget(**config.budget.model_dump(exclude_none=True)) if config.budget else None
-    except (StudyFileError, ValueError, FileNotFoundError, ImportError) as err:
+        if workers > 1 and setup.storage.startswith("sqlite"):
+            raise ValueError(
+                f"--workers {workers} cannot share the SQLite storage {setup.storage}: SQLite is for one process. "
+                f"Use --storage journal:{path.parent / (config.study_name + '.journal')} on one machine, "
+                "or --storage postgresql://USER:PASSWORD@HOST/DB across machines"
+            )
+        evaluator = _evaluator(config, devices[0]) if workers == 1 else None
+        study = _create(setup, path)
+    except BAD_INPUT as err:
         _fail(err)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = n_trials or config.n_trials
     space = setup.space
     console.print(
         f"[bold]{config.study_name}[/]: {len(space.groups)} channel groups, "
-        f"{space.macs({}) / 1e6:.1f} MMACs, {space.params({}) / 1e6:.3f} M params; storage {setup.storage}"
+        f"{space.macs({}) / 1e6:.1f} MMACs, {space.params({}) / 1e6:.3f} M params; storage {redact(setup.storage)}"
+        + (f"; {workers} workers" if workers > 1 else "")
     )
     logging.getLogger("autoprune").setLevel(logging.ERROR)
-    study = optuna.create_study(
-        study_name=config.study_name,
-        storage=setup.storage,
-        load_if_exists=True,
-        directions=["maximize", "minimize"] if config.multi_objective else ["maximize"],
-    )
-    study.set_user_attr(
-        "study_file", {"config": config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())}
-    )
-    done = sum(1 for t in study.trials if t.state.is_finished() and not t.user_attrs.get("stale"))
     with Progress(
         TextColumn("[bold]search"),
         BarColumn(),
@@ -145,31 +258,28 @@ def search(
         TimeRemainingColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("search", total=total, completed=min(done, total), best=_best_text(study))
+        task = progress.add_task("search", total=total, completed=min(_done(study), total), best=_best_text(study))
 
         def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
             if t.state == TrialState.FAIL:
                 progress.console.print(
                     f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get('error', ''))[-300:]}"
                 )
-            progress.update(task, advance=1, best=_best_text(s))
+            progress.update(task, completed=min(_done(s), total), best=_best_text(s))
 
         try:
-            study = ap.search(
-                space,
-                evaluator,
-                budget,
-                strategy=config.strategy.name,
-                n_trials=total,
-                storage=setup.storage,
-                study_name=config.study_name,
-                criterion=config.criterion,
-                seed=config.seed,
-                multi_objective=config.multi_objective,
-                max_sparsity=config.max_sparsity,
-                strategy_options=config.strategy.options,
-                callbacks=[on_trial],
-            )
+            if workers == 1:
+                study = ap.search(
+                    space,
+                    evaluator,
+                    storage=setup.storage,
+                    n_trials=total,
+                    callbacks=[on_trial],
+                    heartbeat_interval=heartbeat,
+                    **_search_options(config),
+                )
+            else:
+                _run_workers(study, study_file, setup.storage, total, workers, devices, heartbeat, on_trial)
         except ValueError as err:
             _fail(err)
     _table(study, 5)
@@ -179,6 +289,61 @@ def search(
         console.print(f"best structure exported to [bold]{where}[/]")
     except ValueError as err:
         console.print(f"[yellow]nothing exported:[/] {err}")
+
+
+def _done(study: optuna.Study) -> int:
+    from .search.ledger import counted
+
+    return counted(study)
+
+
+def _run_workers(
+    study: optuna.Study,
+    study_file: Path,
+    storage: str,
+    total: int,
+    workers: int,
+    devices: list[str | None],
+    heartbeat: float,
+    on_trial: Any,
+) -> None:
+    """Start ``workers`` local `autoprune worker` processes on the study and follow their trials until all exit."""
+    import subprocess
+    import tempfile
+    import time
+
+    logs, procs = [], []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "autoprune.cli", "worker", str(study_file), "--storage", storage]
+        cmd += ["--n-trials", str(total), "--heartbeat", str(heartbeat)]
+        if devices[i % len(devices)] is not None:
+            cmd += ["--device", devices[i % len(devices)]]
+        log = tempfile.TemporaryFile("w+")
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log))
+    seen: set[int] = set()
+    try:
+        while True:
+            running = [p for p in procs if p.poll() is None]
+            for t in study.get_trials(deepcopy=False):
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    if not (t.user_attrs.get("stale") or t.user_attrs.get("duplicate")):
+                        on_trial(study, t)
+            if not running:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    for i, rc in failed:
+        logs[i].seek(0)
+        tail = logs[i].read()[-800:]
+        console.print(f"[bold red]worker {i} exited with code {rc}:[/]\n{tail}")
+    if failed and len(failed) == len(procs):
+        raise ValueError("every worker failed (see above)")
 
 
 def _best_text(study: optuna.Study) -> str:
@@ -258,7 +423,7 @@ def export(
     try:
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
-        s = optuna.load_study(study_name=config.study_name, storage=url)
+        s = _load(config.study_name, url)
         where = _export_best(setup, s, out, trial)
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
@@ -277,7 +442,7 @@ def show(
     """List the best trials; optionally plot the Pareto front and the kept channels per layer."""
     try:
         config, _, url = _from_args(study_file, study, storage)
-        s = optuna.load_study(study_name=config.study_name, storage=url)
+        s = _load(config.study_name, url)
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
     if as_json:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -124,3 +125,58 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
         pytest.fail(f"the {strategy} search subprocess made no progress")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL cluster in a temporary directory, on 127.0.0.1 only; yields its base URL.
+
+    Needs Debian's ``postgresql`` package (``.ci/run`` installs it). As root, the
+    server runs as the ``postgres`` user. Stopped and deleted at the end.
+    """
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    import pytest
+
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
+    if found is None:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run installs it)")
+    bindir = os.path.dirname(os.path.realpath(found))
+    root = tempfile.mkdtemp(prefix="autoprune-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = os.path.join(root, "data")
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "autoprune", "-E", "UTF8", "--no-sync")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
+    run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", os.path.join(root, "log"), "-w", "start")
+    try:
+        yield f"postgresql+psycopg2://autoprune@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_database(server: str, name: str) -> str:
+    """Create an empty database on the test server; returns its URL."""
+    import psycopg2
+
+    conn = psycopg2.connect(server.replace("postgresql+psycopg2", "postgresql") + "/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"{server}/{name}"

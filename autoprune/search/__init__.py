@@ -2,13 +2,14 @@
 
 from .budget import Budget, Projector
 from .export import export, load
-from .runner import best_plan, search
+from .runner import best_plan, create_study, search
 from .strategy import STRATEGIES, SearchContext, Strategy, get_strategy
 
 __all__ = [
     "Budget",
     "Projector",
     "search",
+    "create_study",
     "best_plan",
     "export",
     "load",

@@ -1,13 +1,23 @@
 """The study ledger: every evaluated plan is an Optuna trial, and the study is the source of truth.
 
-Opening a study resumes it: completed trials are kept, trials left RUNNING by a
-killed process are failed (marked ``stale``) and their parameters re-enqueued,
-and the trial budget counts the whole study, not one run.
+Opening a study resumes it: completed trials are kept, a trial whose worker died
+is failed (marked ``stale``) and its parameters re-enqueued, and the trial budget
+counts the whole study, not one run.
+
+Worker liveness works the same on every storage (Optuna's journal storage has no
+heartbeat, and its RDB heartbeat is only written inside ``optimize()``): a running
+trial records its worker (host and pid) and a heartbeat counter in its user
+attributes. A trial is dead when its worker's process is gone (same host) or
+when its heartbeat has not changed for ``grace`` seconds of the observer's own
+clock (any host; no clock synchronisation needed).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,66 +28,168 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WORKER = "worker"
+BEAT = "heartbeat"
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used: unreachable, unsupported, or unfit for several workers."""
 
 
 def default_storage(study_name: str, directory: str | Path = ".") -> str:
     return f"sqlite:///{Path(directory) / (study_name + '.db')}"
 
 
-def make_storage(url: str | BaseStorage | None, study_name: str, heartbeat_interval: int = 10) -> BaseStorage:
-    """An Optuna storage for ``url`` (default: a SQLite file named after the study)."""
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a database URL: nothing to hide
+        return url
+
+
+def make_storage(
+    url: str | BaseStorage | None, study_name: str, *, create: bool = True, timeout: float = 10.0
+) -> BaseStorage:
+    """An Optuna storage for ``url`` (default: a SQLite file named after the study).
+
+    ``create=False`` (a worker joining a study) never creates tables: several
+    workers creating the schema of a fresh PostgreSQL database at once crash.
+    A database that cannot be reached fails within ``timeout`` seconds.
+    """
     if isinstance(url, BaseStorage):
         return url
     url = url or default_storage(study_name)
     if url.startswith(("sqlite:", "postgresql", "mysql")):
+        connect_args = {"connect_timeout": int(max(timeout, 1))} if url.startswith(("postgresql", "mysql")) else {}
+        _check_database(url, connect_args, create)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval)
+            return RDBStorage(
+                url,
+                engine_kwargs={"connect_args": connect_args} if connect_args else None,
+                skip_table_creation=not create,
+            )
     if url.endswith((".log", ".journal")) or url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    raise ValueError(
-        f"unsupported storage {url!r}: use sqlite:///file.db, postgresql://user:pass@host/db, or a journal file path"
+        path = Path(url.removeprefix("journal:"))
+        if not create and not path.exists():
+            raise StorageError(f"no journal file {path}: run `autoprune study create` first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    raise StorageError(
+        f"unsupported storage {redact(url)!r}: use sqlite:///file.db (one process), journal:file.journal "
+        "(several processes on one machine) or postgresql://user:pass@host/db (several machines)"
     )
 
 
-def is_single_process(storage: BaseStorage) -> bool:
-    """SQLite and journal files here are used by one search process at a time."""
+def _check_database(url: str, connect_args: dict, create: bool) -> None:
+    """Connect once (within the timeout) and, for a worker, check Optuna's tables are there."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+        with engine.connect() as conn:
+            has_tables = sqlalchemy.inspect(conn).has_table("studies")
+        engine.dispose()
+    except ImportError as err:
+        raise StorageError(f"cannot use {redact(url)}: {err} (pip install psycopg2-binary)") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    if not create and not has_tables:
+        raise StorageError(
+            f"no study in {redact(url)} (the database has no Optuna tables): create it once with "
+            "`autoprune study create STUDY.yaml --storage URL` before starting workers"
+        )
+
+
+def storage_file(storage: BaseStorage) -> Path | None:
+    """The file a SQLite or journal storage lives in (None for a database server)."""
     url = getattr(storage, "url", "") or ""
-    return not url.startswith(("postgresql", "mysql"))
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    path = getattr(getattr(storage, "_backend", None), "_file_path", None)
+    return Path(path) if path else None
+
+
+def is_sqlite(storage: BaseStorage) -> bool:
+    return (getattr(storage, "url", "") or "").startswith("sqlite:")
+
+
+def uncounted(t: optuna.trial.FrozenTrial) -> bool:
+    """Bookkeeping trials: failed because their worker died (retried), or a duplicate proposal never evaluated."""
+    return bool(t.user_attrs.get("stale") or t.user_attrs.get("duplicate"))
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that count toward the study-wide budget (stale failures from crashes excluded)."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=COUNTED)
-        if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))
-    )
+    """Trials that count toward the study-wide budget."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if not uncounted(t))
 
 
-def recover(study: optuna.Study, *, assume_dead: bool) -> list[int]:
-    """Fail trials whose process died and re-enqueue their parameters. Returns their numbers.
+# -- workers and their liveness ----------------------------------------------------------------
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
 
-    ``assume_dead``: every RUNNING trial is orphaned (single-process storages at start-up);
-    otherwise only trials whose heartbeat went stale are.
-    """
+
+HOST = f"{socket.gethostname()}/{_boot_id()}"
+
+
+def this_worker() -> dict[str, object]:
+    return {"host": HOST, "pid": os.getpid()}
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child its parent has not reaped yet is a zombie: gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Liveness:
+    """Tells which RUNNING trials belong to a dead worker (see the module docstring)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._seen: dict[int, tuple[object, float]] = {}
+
+    def dead(self, t: optuna.trial.FrozenTrial) -> bool:
+        worker = t.user_attrs.get(WORKER)
+        if isinstance(worker, dict) and worker.get("host") == HOST:
+            if worker.get("pid") == os.getpid():
+                return False
+            if _process_gone(int(worker.get("pid", -1))):
+                return True
+        sign = (t.user_attrs.get(BEAT), str(worker))
+        now = time.monotonic()
+        last = self._seen.get(t._trial_id)
+        if last is None or last[0] != sign:
+            self._seen[t._trial_id] = (sign, now)
+            return False
+        return now - last[1] > self.grace
+
+
+def recover(study: optuna.Study, liveness: Liveness) -> list[int]:
+    """Fail RUNNING trials whose worker died and re-enqueue their parameters. Returns their numbers."""
     storage = study._storage
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not running:
-        return []
-    if not assume_dead:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            stale_ids = (
-                set(storage._get_stale_trial_ids(study._study_id))
-                if isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled()
-                else set()
-            )
-        running = [t for t in running if t._trial_id in stale_ids]
     done = []
-    for t in running:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not liveness.dead(t):
+            continue
         try:
             storage.set_trial_user_attr(t._trial_id, "stale", True)
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
@@ -85,32 +197,45 @@ def recover(study: optuna.Study, *, assume_dead: bool) -> list[int]:
         except RuntimeError:  # another worker finished or failed it first
             continue
         # Keep what tagged the proposal (a strategy's bookkeeping), drop what the crash left behind.
-        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error")}
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error", WORKER, BEAT)}
         attrs["retry_of"] = t.number
         study.enqueue_trial(t.params, user_attrs=attrs)
         done.append(t.number)
     return done
 
 
+def live_worker_elsewhere(study: optuna.Study) -> dict | None:
+    """A RUNNING trial's worker that is alive on this host in another process, if any."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(WORKER)
+        if (
+            isinstance(worker, dict)
+            and worker.get("host") == HOST
+            and worker.get("pid") != os.getpid()
+            and not _process_gone(int(worker.get("pid", -1)))
+        ):
+            return worker
+    return None
+
+
 @contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Record heartbeats for an ask()-made trial (Optuna only does it inside optimize())."""
+def heartbeat(study: optuna.Study, trial: optuna.Trial, interval: float) -> Iterator[None]:
+    """Mark ``trial`` as this worker's and bump its heartbeat every ``interval`` seconds while it runs."""
     storage = study._storage
-    if not (isinstance(storage, RDBStorage) and storage.is_heartbeat_enabled()):
-        yield
-        return
     stop = threading.Event()
-    interval = storage.get_heartbeat_interval() or 10
+    storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker())
+    storage.set_trial_user_attr(trial._trial_id, BEAT, 0)
 
     def beat() -> None:
+        n = 0
         while not stop.wait(interval):
+            n += 1
             try:
-                storage.record_heartbeat(trial._trial_id)
+                storage.set_trial_user_attr(trial._trial_id, BEAT, n)
             except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
                 pass
 
-    storage.record_heartbeat(trial._trial_id)
-    thread = threading.Thread(target=beat, daemon=True)
+    thread = threading.Thread(target=beat, daemon=True, name=f"autoprune-heartbeat-{trial.number}")
     thread.start()
     try:
         yield

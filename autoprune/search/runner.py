@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import traceback
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from .. import __version__
@@ -18,8 +20,19 @@ from ..engine import PruningSpace
 from ..engine.latency import LatencyTable, space_fingerprint
 from . import strategies  # noqa: F401 - registers the built-in strategies
 from .budget import Budget, Projector
-from .ledger import counted, heartbeat, is_single_process, make_storage, recover
-from .strategy import SearchContext, Strategy, get_strategy
+from .ledger import (
+    HOST,
+    Liveness,
+    StorageError,
+    counted,
+    heartbeat,
+    is_sqlite,
+    live_worker_elsewhere,
+    make_storage,
+    recover,
+    redact,
+)
+from .strategy import SearchContext, Strategy, get_strategy, is_duplicate
 
 log = logging.getLogger("autoprune")
 
@@ -44,12 +57,20 @@ def search(
     callbacks: Iterable[Callback] = (),
     timeout: float | None = None,
     latency_table: LatencyTable | None = None,
+    join: bool = False,
+    heartbeat_interval: float = 10.0,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
 
     Run it again with the same arguments to resume: completed trials are kept,
     a trial interrupted by a crash is retried, and ``n_trials`` is the total for
     the whole study. Returns the study; :func:`best_plan` reads the result.
+
+    Several workers share one search when each calls ``search(..., join=True)`` on
+    a study made once by :func:`create_study`, on a storage several processes can
+    use (a journal file on one machine, PostgreSQL across machines): together they
+    evaluate exactly ``n_trials`` trials, and a dead worker's trial (no heartbeat for
+    three ``heartbeat_interval``) is failed and its plan retried by another.
 
     A latency budget uses ``latency_table``, else the table cached in the study
     (if built for this model, device and thread count), else one built now
@@ -59,6 +80,121 @@ def search(
         raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if heartbeat_interval <= 0:
+        raise ValueError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
+    from ..evaluators import normalize_result
+
+    study, strat, ctx = _open(
+        space,
+        budget,
+        strategy=strategy,
+        storage=storage,
+        study_name=study_name,
+        criterion=criterion,
+        seed=seed,
+        multi_objective=multi_objective,
+        max_sparsity=max_sparsity,
+        strategy_options=strategy_options,
+        latency_table=latency_table,
+        join=join,
+    )
+    if not join:
+        strat.setup(ctx)
+    liveness = Liveness(grace=3 * heartbeat_interval)
+    poll = min(heartbeat_interval, 2.0)
+    dists = ctx.distributions()
+    callbacks = list(callbacks)
+    started = time.monotonic()
+
+    while timeout is None or time.monotonic() - started < timeout:
+        recover(study, liveness)
+        trials = study.get_trials(deepcopy=False)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if counted(study) >= n_trials or strat.finished(ctx):
+            if running and counted(study) + running <= n_trials:
+                time.sleep(poll)  # another worker may still die: stay to retry its plan
+                continue
+            break
+        action = "wait" if counted(study) + running >= n_trials else strat.prepare(ctx)
+        if action == "stop":
+            break
+        if action == "wait":
+            if not running:
+                break
+            time.sleep(poll)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask(fixed_distributions=dists)
+        with heartbeat(study, trial, heartbeat_interval):
+            if _surplus(study, trial, n_trials):  # several workers asked for the last trials at once
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                continue
+            if is_duplicate(study, trial):
+                trial.set_user_attr("duplicate", True)
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration)
+        frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
+        for cb in callbacks:
+            cb(study, frozen)
+    return study
+
+
+def create_study(
+    space: PruningSpace,
+    budget: Budget | None = None,
+    *,
+    strategy: str | Strategy = "tpe",
+    storage: Any = None,
+    study_name: str = "autoprune",
+    criterion: Any = "l1",
+    seed: int = 0,
+    multi_objective: bool = False,
+    max_sparsity: float = 0.95,
+    strategy_options: Mapping[str, Any] | None = None,
+    latency_table: LatencyTable | None = None,
+) -> optuna.Study:
+    """Create a search's study once, before its workers join it (``search(..., join=True)``).
+
+    Creates the storage's schema and the study, records the configuration the
+    workers must match, and the strategy's seed proposals. Calling it again on
+    the same study with the same configuration changes nothing.
+    """
+    study, strat, ctx = _open(
+        space,
+        budget,
+        strategy=strategy,
+        storage=storage,
+        study_name=study_name,
+        criterion=criterion,
+        seed=seed,
+        multi_objective=multi_objective,
+        max_sparsity=max_sparsity,
+        strategy_options=strategy_options,
+        latency_table=latency_table,
+        join=False,
+    )
+    strat.setup(ctx)
+    return study
+
+
+def _open(
+    space,
+    budget,
+    *,
+    strategy,
+    storage,
+    study_name,
+    criterion,
+    seed,
+    multi_objective,
+    max_sparsity,  # noqa: ANN001
+    strategy_options,
+    latency_table,
+    join,  # noqa: ANN001
+) -> tuple[optuna.Study, Strategy, SearchContext]:
+    """Validate the arguments, open (or create) the study, check its configuration, make the context."""
     if not 0 < max_sparsity < 1:
         raise ValueError(f"max_sparsity must be in (0, 1), got {max_sparsity!r}")
     if not space.groups:
@@ -67,46 +203,60 @@ def search(
     needs_table = budget is not None and budget.latency is not None
     # raises for an unreachable budget; a latency budget is checked once its table is known
     projector = None if needs_table else Projector(space, budget, max_sparsity)
-    from ..evaluators import normalize_result
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = make_storage(storage, study_name)
+    store = make_storage(storage, study_name, create=not join)
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True)
+        if join:
+            study = _load(store, study_name, storage)
+        else:
+            study = optuna.create_study(
+                storage=store, study_name=study_name, directions=directions, load_if_exists=True
+            )
+    if is_sqlite(store) and (other := live_worker_elsewhere(study)) is not None:
+        raise StorageError(
+            f"study {study_name!r} is being searched by another process (pid {other['pid']}) on SQLite, which "
+            "supports one process: use a journal file (journal:NAME.journal) or PostgreSQL for several workers"
+        )
     if projector is None:
         table = latency_table or _cached_table(study, space)
+        if table is None and join:
+            raise ValueError(f"study {study_name!r} has no latency table for this model: run `autoprune study create`")
         projector = Projector(space, budget, max_sparsity, latency_table=table or LatencyTable.build(space))
         if study.user_attrs.get("latency_table") != projector.latency_table.to_dict():
             study.set_user_attr("latency_table", projector.latency_table.to_dict())
     _check_config(study, space, budget, strat, criterion, directions, max_sparsity)
-    if multi_objective:
+    if multi_objective and not join:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["score", "macs"])
-    recover(study, assume_dead=is_single_process(store))
-    # A resumed or parallel run must not replay the same random proposals.
-    run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}".encode()).hexdigest()[:8], 16)
+    # A resumed run, or another worker, must not replay the same random proposals.
+    worker = f":{HOST}:{os.getpid()}" if join else ""
+    run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}{worker}".encode()).hexdigest()[:8], 16)
     ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective, base_seed=seed)
     study.sampler = strat.sampler(ctx)
-    strat.setup(ctx)
-    dists = ctx.distributions()
-    callbacks = list(callbacks)
-    started = time.monotonic()
+    return study, strat, ctx
 
-    while counted(study) < n_trials and not strat.prepare(ctx) and not strat.finished(ctx):
-        if timeout is not None and time.monotonic() - started > timeout:
-            break
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we record heartbeats ourselves
-            trial = study.ask(fixed_distributions=dists)
-        with heartbeat(study, trial):
-            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration)
-        frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
-        for cb in callbacks:
-            cb(study, frozen)
-    return study
+
+def _load(store: optuna.storages.BaseStorage, study_name: str, url: Any) -> optuna.Study:
+    where = redact(url) if isinstance(url, str) else type(url).__name__
+    try:
+        return optuna.load_study(study_name=study_name, storage=store)
+    except KeyError:
+        pass
+    except optuna.exceptions.StorageInternalError:  # a database without Optuna's tables
+        pass
+    raise ValueError(
+        f"no study named {study_name!r} in {where}: create it once with `autoprune study create STUDY.yaml "
+        f"--storage URL` (or autoprune.create_study) before starting workers"
+    )
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """True if the trials counted or running before this one already fill the study's budget."""
+    ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id < trial._trial_id]
+    return counted(study) + len(ahead) >= n_trials
 
 
 def _run_trial(
@@ -169,6 +319,7 @@ def _check_config(study, space, budget, strat, criterion, directions, max_sparsi
     """Record the search's configuration in the study, or check it matches on resume."""
     config = {
         "space": space_fingerprint(space),
+        "weights": _weights_fingerprint(space),
         "groups": [g.name for g in space.groups],
         "budget": budget.to_dict() if budget is not None else None,
         "strategy": strat.name,
@@ -180,13 +331,22 @@ def _check_config(study, space, budget, strat, criterion, directions, max_sparsi
     if old is None:
         study.set_user_attr("autoprune", {**config, "version": __version__})
         return
-    diff = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
+    diff = [k for k in config if k in old and json.dumps(old[k]) != json.dumps(config[k])]
     if diff:
         detail = "; ".join(f"{k}: study has {old.get(k)!r}, now {config[k]!r}" for k in diff if k != "groups")
         raise ValueError(
             f"study {study.study_name!r} was started with a different configuration ({', '.join(diff)}). "
             f"{detail}. Use another study_name (or storage) for a different search."
         )
+
+
+def _weights_fingerprint(space: PruningSpace) -> str:
+    """Identifies the model's weights: every worker of a study must search the same trained model."""
+    h = hashlib.sha256()
+    for name, value in space.model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def best_plan(study: optuna.Study) -> dict[str, float]:

@@ -7,11 +7,14 @@ attributes / artifacts of the study, so a killed search resumes where it stopped
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 if TYPE_CHECKING:
     from ..engine import PruningSpace
@@ -71,9 +74,13 @@ class Strategy:
         """True when the strategy has nothing more to propose."""
         return False
 
-    def prepare(self, ctx: SearchContext) -> bool:
-        """Called before each trial (e.g. to enqueue the next batch of proposals); True stops the search."""
-        return False
+    def prepare(self, ctx: SearchContext) -> str:
+        """Called before each trial: ``"ask"`` for a proposal, ``"wait"`` while other workers must finish
+        first (e.g. the rest of an iteration), ``"stop"`` when there is nothing left to propose.
+
+        A strategy that enqueues its proposals may enqueue the next batch here (see :func:`enqueue_batch`).
+        """
+        return "ask"
 
     def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
         """The model to evaluate for ``plan``; None means ``space.apply(plan, criterion)``."""
@@ -97,8 +104,50 @@ def get_strategy(spec: Any, **options: Any) -> Strategy:
     raise TypeError(f"strategy must be a name or a Strategy, got {type(spec).__name__}")
 
 
+BATCH = "batch"
+
+
+def enqueue_batch(ctx: SearchContext, key: str, proposals: list[tuple[dict[str, float], dict[str, Any]]]) -> bool:
+    """Enqueue ``proposals`` (plan, user attributes) as one batch named ``key``, once per study.
+
+    Idempotent with many workers: a worker enqueues the batch only if no trial of
+    ``key`` exists yet; if two workers enqueue it at the same moment, the copy
+    holding the lowest trial id wins and the other is marked a duplicate (PRUNED,
+    never evaluated, not counted). Returns True if this call's copy is the one kept.
+    """
+    study = ctx.study
+    if any(_batch_key(t) == key for t in study.get_trials(deepcopy=False)):
+        return False
+    token = uuid.uuid4().hex
+    for plan, attrs in proposals:
+        study.enqueue_trial(plan, user_attrs={**attrs, BATCH: {"key": key, "token": token}})
+    trials = study.get_trials(deepcopy=False)
+    if _winner(trials, key) == token:
+        return True
+    for t in trials:  # lost the race: withdraw this copy before anyone evaluates it
+        if t.user_attrs.get(BATCH, {}).get("token") == token and t.state == TrialState.WAITING:
+            with contextlib.suppress(RuntimeError):
+                study._storage.set_trial_user_attr(t._trial_id, "duplicate", True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
+    return False
+
+
+def is_duplicate(study: optuna.Study, trial: optuna.trial.BaseTrial) -> bool:
+    """True for a trial of a batch that another worker enqueued first (see :func:`enqueue_batch`)."""
+    batch = trial.user_attrs.get(BATCH)
+    return bool(batch) and _winner(study.get_trials(deepcopy=False), batch["key"]) != batch["token"]
+
+
+def _batch_key(t: optuna.trial.FrozenTrial) -> str | None:
+    batch = t.user_attrs.get(BATCH)
+    return batch.get("key") if isinstance(batch, dict) else None
+
+
+def _winner(trials: list[optuna.trial.FrozenTrial], key: str) -> str | None:
+    mine = [t for t in trials if _batch_key(t) == key]
+    return min(mine, key=lambda t: t._trial_id).user_attrs[BATCH]["token"] if mine else None
+
+
 def enqueue_once(ctx: SearchContext, plan: dict[str, float], tag: str) -> None:
-    """Enqueue ``plan`` unless a trial with this tag already exists in the study."""
-    if any(t.user_attrs.get("seed_plan") == tag for t in ctx.study.get_trials(deepcopy=False)):
-        return
-    ctx.study.enqueue_trial(plan, user_attrs={"seed_plan": tag})
+    """Enqueue ``plan`` (a seed plan such as the uniform one) once per study, whatever the number of workers."""
+    enqueue_batch(ctx, f"seed:{tag}", [(plan, {"seed_plan": tag})])

@@ -46,7 +46,10 @@ class ChainState:
 
 class SimulatedAnnealing(Strategy):
     name = "sa"
-    parallel = "one chain: workers evaluate the same proposal, so run it with one worker (parallel chains: issue 5)"
+    parallel = (
+        "one chain, neighbours evaluated in parallel: a worker proposing while k other proposals are in flight "
+        "draws the k-th random move from the chain's current plan; moves are accepted in trial order"
+    )
 
     def __init__(
         self,
@@ -153,15 +156,22 @@ class SimulatedAnnealing(Strategy):
     def _rng(self, ctx: SearchContext, step: int, what: str) -> random.Random:
         return random.Random(f"{ctx.base_seed}:{what}:{step}")
 
-    def propose(self, ctx: SearchContext) -> dict[str, float]:
-        """The next plan to evaluate: a perturbation of the chain's current plan."""
+    def propose(self, ctx: SearchContext, trial_id: int | None = None) -> dict[str, float]:
+        """The next plan to evaluate: a perturbation of the chain's current plan.
+
+        With several workers, the proposals still in flight before ``trial_id`` each took
+        one random move from this step; this one takes the next, so no two workers
+        evaluate the same neighbour.
+        """
         st = self.replay(ctx)
         names = ctx.names
         if st is None:
             return ctx.projector.uniform()
         ratio = st.temperature / st.t0 if st.t0 > 0 else 1.0
         magnitude = max(self.perturbation * ratio, self.min_perturbation)
-        rng = self._rng(ctx, st.step, "move")
+        running = ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        in_flight = 0 if trial_id is None else sum(t._trial_id < trial_id for t in running)
+        rng = self._rng(ctx, st.step, "move" if in_flight == 0 else f"move{in_flight}")
         plan = {
             n: min(max(st.current.get(n, 0.0) + rng.uniform(-magnitude, magnitude), 0.0), ctx.max_sparsity)
             for n in names
@@ -190,8 +200,8 @@ class _AnnealingSampler(BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
         if not search_space:
             return {}
-        plan = self.strategy.propose(self.ctx)
+        plan = self.strategy.propose(self.ctx, trial._trial_id)
         return {n: float(plan[n]) for n in search_space}
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
-        return self.strategy.propose(self.ctx)[param_name]
+        return self.strategy.propose(self.ctx, trial._trial_id)[param_name]

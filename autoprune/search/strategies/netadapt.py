@@ -29,7 +29,8 @@ import torch
 from optuna.trial import TrialState
 
 from ...engine import PruningSpace
-from ..strategy import SearchContext, Strategy
+from ..ledger import storage_file
+from ..strategy import SearchContext, Strategy, enqueue_batch
 
 TAG = "netadapt"
 
@@ -49,7 +50,10 @@ class _State:
 
 class NetAdapt(Strategy):
     name = "netadapt"
-    parallel = "the proposals of one iteration are independent trials: any number of workers evaluate them"
+    parallel = (
+        "the proposals of one iteration are independent trials that any number of workers evaluate; "
+        "workers wait at the end of an iteration and exactly one copy of the next iteration is enqueued"
+    )
     projects = False
 
     def __init__(
@@ -87,7 +91,11 @@ class NetAdapt(Strategy):
         full = {n: 0.0 for n in ctx.names}
         st = _State(0, full, None, None, None, self._cost(ctx, full))
         while True:
-            props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration]
+            props = [
+                t
+                for t in trials
+                if t.user_attrs[TAG]["iteration"] == st.iteration and not t.user_attrs.get("duplicate")
+            ]
             live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
             if st.resource <= self._target(ctx):
                 st.done = True
@@ -121,27 +129,35 @@ class NetAdapt(Strategy):
     def finished(self, ctx: SearchContext) -> bool:
         return self.replay(ctx).done
 
-    def prepare(self, ctx: SearchContext) -> bool:
-        """Enqueue the next iteration's proposals once the previous iteration is complete."""
+    def prepare(self, ctx: SearchContext) -> str:
+        """Enqueue the next iteration's proposals once the previous iteration is complete.
+
+        Every worker that sees the barrier computes the same proposals; :func:`enqueue_batch`
+        keeps exactly one copy, so two workers advancing at once never duplicate an iteration.
+        """
         st = self.replay(ctx)
         if st.done:
-            return True
+            return "stop"
         waiting = ctx.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if any(t.user_attrs.get(TAG, {}).get("iteration") == st.iteration for t in waiting):
-            return False
+            return "ask"
         if st.pending:
-            return True  # the rest of this iteration is being evaluated elsewhere: nothing for this worker
+            return "wait"  # the rest of this iteration is being evaluated by other workers
         target = max(
             st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay**st.iteration, self._target(ctx)
         )
         proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
         if not proposals:
-            return True
-        for plan, group in proposals:
-            ctx.study.enqueue_trial(
-                plan, user_attrs={TAG: {"iteration": st.iteration, "group": group, "of": len(proposals)}}
-            )
-        return False
+            return "stop"
+        enqueue_batch(
+            ctx,
+            f"{TAG}:{st.iteration}",
+            [
+                (plan, {TAG: {"iteration": st.iteration, "group": group, "of": len(proposals)}})
+                for plan, group in proposals
+            ],
+        )
+        return "ask"
 
     def _propose(self, ctx: SearchContext, st: _State, group: Any, target: float) -> tuple[dict, str] | None:
         """The largest channel count of ``group`` whose network meets ``target`` (others unchanged)."""
@@ -233,16 +249,15 @@ class NetAdapt(Strategy):
 
 
 def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: ANN201
-    """Where NetAdapt keeps weights: next to a SQLite study, else ./autoprune-artifacts (or ``directory``)."""
+    """Where NetAdapt keeps weights: next to a SQLite or journal file, else ./autoprune-artifacts (or ``directory``).
+
+    With workers on several machines, ``directory`` must be a folder they all share.
+    """
     from optuna.artifacts import FileSystemArtifactStore
 
     if directory is None:
-        url = getattr(study._storage, "url", "") or ""
-        directory = (
-            str(Path(url.removeprefix("sqlite:///")).with_suffix(".artifacts"))
-            if url.startswith("sqlite:///")
-            else str(Path.cwd() / "autoprune-artifacts")
-        )
+        path = storage_file(study._storage)
+        directory = str(path.with_suffix(".artifacts")) if path else str(Path.cwd() / "autoprune-artifacts")
     Path(directory).mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(directory)
 

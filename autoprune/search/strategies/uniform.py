@@ -12,10 +12,15 @@ from ..strategy import SearchContext, Strategy, enqueue_once
 
 class Uniform(Strategy):
     name = "uniform"
-    parallel = "one plan: the first worker evaluates it, the others find nothing to do"
+    parallel = "one plan: one worker evaluates it, the others wait for it and stop"
 
     def setup(self, ctx: SearchContext) -> None:
         enqueue_once(ctx, ctx.projector.uniform(), "uniform")
+
+    def prepare(self, ctx: SearchContext) -> str:
+        if self.finished(ctx):
+            return "stop"
+        return "ask" if ctx.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) else "wait"
 
     def finished(self, ctx: SearchContext) -> bool:
         return any(
