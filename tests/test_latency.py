@@ -55,6 +55,67 @@ def test_table_covers_every_conv_and_linear_layer(space, table):
             assert grid[-1] == by_name[group].channels and grid == sorted(set(grid))
 
 
+def test_memory_bound_ops_are_timed_on_their_group(space, table):
+    kinds = {layer["name"]: layer["kind"] for layer in table.layers}
+    by_name = {layer["name"]: layer for layer in table.layers}
+    # Every norm, activation, residual add and the pooling: each sized by one group, on that group's 1-D grid.
+    for op, count in (("native_batch_norm", 21), ("relu", 19), ("add", 9), ("mean", 1)):
+        names = [n for n in kinds if n.split(":")[-1].split("#")[0] == op]
+        assert len(names) == count, op
+        assert all(kinds[n] == "memory" and len(by_name[n]["groups"]) == 1 for n in names)
+    assert by_name["layer1.0.bn1:native_batch_norm"]["groups"] == ["layer1.0.conv1"]
+    assert by_name["layer2.0:add"]["groups"] == ["layer2.0.conv2"]  # the residual stream of stage 2
+    assert by_name["avgpool:mean"]["groups"] == ["layer3.0.conv2"]
+    assert by_name["layer3.1.bn1:native_batch_norm"]["grids"] == [
+        next(lay for lay in table.layers if lay["name"] == "layer3.1.conv1:convolution")["grids"][1]
+    ]
+    # Views move no data: not timed.
+    assert not any(n.split(":")[-1] in ("view", "t", "empty") for n in kinds)
+    assert all(kinds[n] == "compute" for n in kinds if n.endswith((":convolution", ":addmm")))
+
+
+def test_pruning_a_group_shrinks_its_memory_bound_ops(space, table):
+    plan = {g.name: 0.8 for g in space.groups}
+    full, pruned = table.breakdown({}), table.breakdown(plan)
+    assert sum(full.values()) == pytest.approx(table.predict({})) and full["constant"] == table.constant_ms
+    assert sum(pruned.values()) == pytest.approx(table.predict(plan))
+    memory = [layer["name"] for layer in table.layers if layer["kind"] == "memory"]
+    assert sum(pruned[n] for n in memory) < sum(full[n] for n in memory)
+    assert all(pruned[n] <= full[n] for n in memory)
+    # What was one constant (the full model minus the conv / linear ops) is now mostly ops that follow the plan.
+    assert table.constant_ms < table.full_ms - sum(full[n] for n in full if n not in memory and n != "constant")
+    # Pruning one group moves only the ops it sizes.
+    one = {"layer1.0.conv1": 0.75}
+    moved = {n for n, v in table.breakdown(one).items() if v != full[n]}
+    assert moved <= {layer["name"] for layer in table.layers if "layer1.0.conv1" in layer["groups"]}
+    assert moved & set(memory)
+
+
+def test_ops_sized_by_more_than_two_groups_scale_with_their_work():
+    class ThreeWay(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(3, n, 3, padding=1) for n in (8, 16, 24))
+            self.head = torch.nn.Conv2d(48, 8, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(torch.cat([self.a(x), self.b(x), self.c(x)], 1)))
+
+    torch.manual_seed(0)
+    space = ap.PruningSpace(ThreeWay().eval(), torch.zeros(1, 3, 16, 16))
+    table = LatencyTable.build(space, grid_step=8, min_run_time=0.002)
+    by_name = {layer["name"]: layer for layer in table.layers}
+    cat, relu = by_name["cat"], by_name["relu"]
+    assert cat["kind"] == relu["kind"] == "memory" and cat["grids"] == relu["grids"] == []
+    assert sorted(cat["groups"]) == ["a", "b", "c"]
+    assert by_name["head:convolution"]["kind"] == "compute" and by_name["head:convolution"]["grids"] == []
+    plan = {"c": 0.5}  # 24 -> 12 of 48 channels: the cat and the ReLU move a quarter fewer elements
+    got = table.breakdown(plan)
+    assert got["cat"] == pytest.approx(cat["values"][0][0] * 36 / 48)
+    assert got["relu"] == pytest.approx(relu["values"][0][0] * 36 / 48)
+    assert table.predict(plan) < table.predict({}) == pytest.approx(table.full_ms)
+
+
 def test_empty_plan_predicts_the_measured_full_latency(table):
     assert table.predict({}) == pytest.approx(table.full_ms, rel=1e-9)
     assert table.full_ms > 0
@@ -96,7 +157,12 @@ def test_round_trip_through_json_and_refuse_another_model(space, table):
     again = LatencyTable.from_dict(data, space)
     for plan in [{}, *_random_plans(space, 5, seed=1)]:
         assert again.predict(plan) == pytest.approx(table.predict(plan), rel=1e-12)
+    assert again.layers == table.layers and again.constant_ms == pytest.approx(table.constant_ms)
     assert again.matches(device="cpu", threads=1) and not again.matches(device="cpu", threads=2)
+    with pytest.raises(ValueError, match="format"):
+        LatencyTable.from_dict({**data, "format": 1}, space)  # a table of conv / linear ops only: rebuilt
+    with pytest.raises(ValueError, match="traced ops"):
+        LatencyTable.from_dict({**data, "layers": data["layers"][::-1]}, space)
     other = ap.PruningSpace(ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 24)).eval(), torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="another model"):
         LatencyTable.from_dict(data, other)

@@ -1,12 +1,21 @@
-"""A per-layer latency lookup table: a pruned model's latency on this device, predicted without building it.
+"""A per-op latency lookup table: a pruned model's latency on this device, predicted without building it.
 
 As in NetAdapt, every layer that dominates latency (each traced conv / matmul /
 attention op) is timed alone, on a grid of kept channel counts of the channel
 groups that size it (``(in, out)`` for a conv or linear layer; the group axis
-for a depthwise conv), and interpolated bilinearly between grid points. A
-network's latency is the sum over layers plus one constant for everything else
-(norms, activations, framework overhead): the measured full-model latency minus
-the layers' sum at full size, so ``predict({})`` is the measured latency.
+for a depthwise conv), and interpolated bilinearly between grid points. Every
+other traced op that a channel group sizes (norms, activations, residual adds,
+pooling, concatenations: any op with a prunable axis in its tensor arguments,
+whatever module runs it) is timed the same way, on a grid of its group's kept
+count; views cost nothing and are left out. A network's latency is the sum over
+these ops plus one constant for the rest (ops no group sizes, Python and module
+overhead): the measured full-model latency minus the ops' sum at full size, so
+``predict({})`` is the measured latency.
+
+An op sized by more than two groups, or one that cannot run alone at pruned
+sizes (an argument fixes a channel count), is timed at full size and scaled by
+its work: the product of its prunable sizes for a conv / matmul, the kept
+fraction of its tensor arguments' elements for any other op.
 
 Latency depends on the device, the thread count and the batch size, so a table
 records them and the space's fingerprint, and is only reused for the same ones.
@@ -33,7 +42,7 @@ from .trace import _no_mha_fastpath
 if TYPE_CHECKING:
     from .space import PruningSpace
 
-FORMAT = 1
+FORMAT = 2
 _KEY_STRIDE = 1 << 32  # separates the grids of different layer axes in one sorted array
 
 
@@ -71,17 +80,18 @@ class _Arg:
 
 @dataclass
 class _Call:
-    """One FLOP-counted op of the traced forward pass, re-runnable alone at any kept channel counts."""
+    """One op of the traced forward pass, re-runnable alone at any kept channel counts."""
 
     name: str
     func: Any
     args: tuple
     kwargs: dict
     groups: list[int]  # indices into space.groups of the groups that size it, in order of appearance
+    flops: bool  # a FLOP-counted op (conv, matmul, attention); else memory-bound (norm, activation, add, pool ...)
 
 
 class _CallRecorder(TorchDispatchMode):
-    """Re-runs the traced forward pass and records each FLOP op's arguments with their dim expressions.
+    """Re-runs the traced forward pass and records each op's arguments with their dim expressions.
 
     Ops are matched one-to-one with the space's trace (same order, names and
     shapes), so an op's tensor arguments get the expressions the trace gave the
@@ -118,7 +128,7 @@ class _CallRecorder(TorchDispatchMode):
                 "a latency table needs a forward pass that is the same on every run and at every batch size "
                 "(else trace the space at the batch size the table is for)"
             )
-        if name in self.space._tracer.flop_ops:
+        if not _is_view(func):
             a, kw = pytree.tree_map_only(torch.Tensor, self._arg, (args, kwargs))
             self.calls.append((self.index, func, a, kw))
         for o, d in zip(outs, rec.outputs):
@@ -133,6 +143,12 @@ class _CallRecorder(TorchDispatchMode):
         return _Arg(dims if dims is not None and len(dims) == t.dim() else None, tuple(t.shape), t.dtype)
 
 
+def _is_view(func: Any) -> bool:
+    """An op whose outputs only alias its inputs (view, transpose, split): no work to time."""
+    returns = func._schema.returns
+    return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+
+
 def _inputs(space: "PruningSpace", batch_size: int | None) -> tuple:
     """The space's example inputs, their samples repeated to ``batch_size`` when given."""
     if batch_size is None:
@@ -144,7 +160,7 @@ def _inputs(space: "PruningSpace", batch_size: int | None) -> tuple:
 
 
 def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
-    """Every FLOP op the traced forward pass runs that some channel group sizes, at ``batch_size``."""
+    """Every op (views excepted) the traced forward pass runs that some channel group sizes, at ``batch_size``."""
     model = space.model
     flags = [(m, m.training) for m in model.modules()]
     inputs = _inputs(space, batch_size)
@@ -157,6 +173,7 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
         for m, flag in flags:
             m.training = flag
     group_of = {g.atom: i for i, g in enumerate(space.groups)}
+    flop_ops = space._tracer.flop_ops
     calls = []
     for index, func, args, kwargs in rec.calls:
         found: list[int] = []
@@ -169,7 +186,7 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
                             found.append(g)
         module = space._ops[index].module
         name = f"{module}:{func.overloadpacket.__name__}" if module else func.overloadpacket.__name__
-        calls.append(_Call(name, func, args, kwargs, found))
+        calls.append(_Call(name, func, args, kwargs, found, func.overloadpacket.__name__ in flop_ops))
     seen: dict[str, int] = {}
     for c in calls:  # an op run twice in one module (a shared layer) gets a numbered name
         k = seen[c.name] = seen.get(c.name, 0) + 1
@@ -253,7 +270,7 @@ class _Timer:
 
 
 class LatencyTable:
-    """Per-layer latency lookup table of one :class:`PruningSpace` on one device; ``predict(plan)`` in ms.
+    """Per-op latency lookup table of one :class:`PruningSpace` on one device; ``predict(plan)`` in ms.
 
     Build it with :meth:`LatencyTable.build`; store it with :meth:`to_dict` and
     restore it with :meth:`from_dict` (which refuses another model).
@@ -283,13 +300,13 @@ class LatencyTable:
         min_run_time: float = 0.02,
         device: str | torch.device = "cpu",
     ) -> "LatencyTable":
-        """Time every latency-dominating layer of ``space``'s model on a grid of kept channel counts.
+        """Time every op of ``space``'s model that a channel group sizes, on a grid of kept channel counts.
 
         ``batch_size`` scales the traced batch (default: the example inputs' own);
         ``grid_step`` is the grid's spacing in channels (default: an eighth of a
         group's width, a multiple of ``round_to``); each grid point is the median
         over ``repeats`` passes of :func:`median_ms` (``min_run_time`` seconds). The
-        whole model is timed between the layers, and the median of those is ``full_ms``.
+        whole model is timed between the ops, and the median of those is ``full_ms``.
         """
         for label, v in (
             ("threads", threads),
@@ -305,39 +322,48 @@ class LatencyTable:
         full = np.array([g.channels for g in space.groups])
         grids = {i: _grid(int(full[i]), space.round_to, grid_step) for c in calls for i in c.groups}
         timer = _Timer(min_run_time, device)
-        passes: list[list[np.ndarray]] = []
+        # Timed at full size only and scaled by work: more than two groups, or not runnable alone when pruned.
+        whole = {k for k, c in enumerate(calls) if len(c.groups) > 2}
+        lost: set[int] = set()  # not runnable alone at all: part of the constant
+        passes: list[dict[int, np.ndarray]] = []
         model_ms: list[float] = []
         every = max(1, len(calls) // 4)
         with _threads(threads):
             for _ in range(repeats):
                 timer.cache.clear()
-                tables = []
+                tables: dict[int, np.ndarray] = {}
                 for k, c in enumerate(calls):
-                    if k % every == 0:  # the whole model, timed between the layers: drift hits both alike
+                    if k % every == 0:  # the whole model, timed between the ops: drift hits both alike
                         model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
-                    points = (
-                        [grids[i] for i in c.groups] if len(c.groups) <= 2 else [[int(full[i])] for i in c.groups[:2]]
-                    )
-                    if len(points) == 1:
-                        points.append([0])
-                    v = np.empty((len(points[0]), len(points[1])))
-                    for a, x in enumerate(points[0]):
-                        for b, y in enumerate(points[1]):
-                            counts = {space.groups[i].atom: n for i, n in zip(c.groups, (x, y))}
-                            v[a, b] = _time_call(space, c, counts, timer, device)
-                    tables.append(v)
+                    if k in lost:
+                        continue
+                    if k not in whole:
+                        try:
+                            tables[k] = _time_grid(space, c, [grids[i] for i in c.groups], timer, device)
+                            continue
+                        except Exception:  # noqa: BLE001 - an argument fixes a pruned size: time it whole
+                            whole.add(k)
+                    try:
+                        tables[k] = _time_grid(space, c, [[int(full[i])] for i in c.groups[:2]], timer, device)
+                    except Exception:  # noqa: BLE001 - it cannot run alone: its time stays in the constant
+                        lost.add(k)
                 passes.append(tables)
             model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
         layers = []
         for k, c in enumerate(calls):
-            v = np.median(np.stack([p[k] for p in passes]), axis=0)
-            interpolated = len(c.groups) <= 2
+            if k in lost:
+                continue
+            if k in whole:  # the full-size point (last on every grid), from every pass that timed it
+                values = [[float(np.median([p[k][-1, -1] for p in passes if k in p]))]]
+            else:
+                values = _monotone(np.median(np.stack([p[k] for p in passes]), axis=0)).tolist()
             layers.append(
                 {
                     "name": c.name,
+                    "kind": "compute" if c.flops else "memory",
                     "groups": [space.groups[i].name for i in c.groups],
-                    "grids": [grids[i] for i in c.groups] if interpolated else [],
-                    "values": (_monotone(v) if interpolated else v).tolist(),
+                    "grids": [] if k in whole else [grids[i] for i in c.groups],
+                    "values": values,
                 }
             )
         info = {
@@ -358,16 +384,15 @@ class LatencyTable:
         index = {g.name: i for i, g in enumerate(self.space.groups)}
         dummy = len(self.space.groups)  # reads a constant 0 from the padded counts
         keys, grids, starts, lengths, var, base, inner, values = [], [], [], [], [], [], [], []
-        self._fallback: list[tuple[float, list[Expr], list[int]]] = []
+        self._fallback: list[tuple[float, _Call, list[int]]] = []
         calls = (
             {c.name: c for c in _record_calls(self.space, None)} if any(not lay["grids"] for lay in self.layers) else {}
         )
         offset = n_values = 0
         for lay in self.layers:
             if not lay["grids"]:
-                call = calls[lay["name"]]
-                exprs = _distinct_exprs(self.space, call)
-                self._fallback.append((float(lay["values"][0][0]), exprs, [index[g] for g in lay["groups"]]))
+                ids = [index[g] for g in lay["groups"]]
+                self._fallback.append((float(lay["values"][0][0]), calls[lay["name"]], ids))
                 continue
             axes = [np.asarray(g, dtype=np.int64) for g in lay["grids"]]
             v = np.asarray(lay["values"], dtype=np.float64)
@@ -400,7 +425,7 @@ class LatencyTable:
         self._values = cat(values, np.float64)
 
     def layer_latencies(self, plan: Mapping[str, float] | np.ndarray) -> np.ndarray:
-        """Interpolated latency (ms) of each interpolated layer (``layers`` order, fallbacks excluded)."""
+        """Interpolated latency (ms) of each op with grids (``layers`` order, those timed whole excluded)."""
         counts = self.space._counts(plan) if isinstance(plan, Mapping) else np.asarray(plan)
         q = np.append(counts, 0)[self._var]
         pos = np.searchsorted(self._keys, self._axis + q, side="right") - 1
@@ -419,17 +444,43 @@ class LatencyTable:
         """Predicted latency (ms) of ``space.apply(plan)`` on the device the table was built on."""
         counts = self.space._counts(plan)
         total = self.constant_ms + float(self.layer_latencies(counts).sum())
-        for full_ms, exprs, ids in self._fallback:
-            total += full_ms * self._work_ratio(exprs, ids, counts)
+        for full_ms, call, ids in self._fallback:
+            total += full_ms * self._work_ratio(call, ids, counts)
         return total
 
-    def _work_ratio(self, exprs: list[Expr], ids: list[int], counts: np.ndarray) -> float:
-        """For a layer sized by more than two groups: its full latency scales with the product of its sizes."""
-        kept = {self.space.groups[i].atom: int(counts[i]) for i in ids}
-        ratio = 1.0
-        for e in exprs:
-            ratio *= self.space._kept_size(e, kept) / self.space._kept_size(e, {})
-        return ratio
+    def breakdown(self, plan: Mapping[str, float]) -> dict[str, float]:
+        """Predicted milliseconds of each op in the table (by name) and of the ``constant`` rest; they sum to
+        ``predict(plan)``."""
+        counts = self.space._counts(plan)
+        out: dict[str, float] = {}
+        interpolated = iter(self.layer_latencies(counts).tolist())
+        whole = iter(self._fallback)
+        for lay in self.layers:
+            if lay["grids"]:
+                out[lay["name"]] = next(interpolated)
+            else:
+                full_ms, call, ids = next(whole)
+                out[lay["name"]] = full_ms * self._work_ratio(call, ids, counts)
+        out["constant"] = self.constant_ms
+        return out
+
+    def _work_ratio(self, call: _Call, ids: list[int], counts: np.ndarray) -> float:
+        """For an op timed whole: the kept fraction of its work.
+
+        A conv / matmul's work is the product of its prunable sizes; any other
+        op's is the number of elements its tensor arguments hold.
+        """
+        space = self.space
+        kept = {space.groups[i].atom: int(counts[i]) for i in ids}
+        if call.flops:
+            ratio = 1.0
+            for e in _distinct_exprs(space, call):
+                ratio *= space._kept_size(e, kept) / space._kept_size(e, {})
+            return ratio
+        tensors = [a for a in pytree.tree_leaves((call.args, call.kwargs)) if isinstance(a, _Arg)]
+        before = sum(int(np.prod(a.shape)) for a in tensors)
+        after = sum(int(np.prod(_kept_shape(space, a, kept))) for a in tensors)
+        return after / before if before else 1.0
 
     # -- storage --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -454,9 +505,13 @@ class LatencyTable:
                 f"this latency table was built for another model (fingerprint {data.get('fingerprint')}, "
                 f"this space {mine}); build one for this model with LatencyTable.build(space)"
             )
-        names = [c.name for c in _record_calls(space, data.get("batch_size"))]
-        if names != [lay["name"] for lay in data["layers"]]:
-            raise ValueError("this latency table's layers do not match the space's traced ops; rebuild it")
+        traced = {
+            c.name: [space.groups[i].name for i in c.groups] for c in _record_calls(space, data.get("batch_size"))
+        }
+        order = list(traced)
+        at = [order.index(lay["name"]) if lay["name"] in traced else -1 for lay in data["layers"]]
+        if -1 in at or at != sorted(set(at)) or any(traced[lay["name"]] != lay["groups"] for lay in data["layers"]):
+            raise ValueError("this latency table's ops do not match the space's traced ops; rebuild it")
         info = {k: v for k, v in data.items() if k not in ("format", "fingerprint", "full_ms", "constant_ms", "layers")}
         return cls(space, [dict(lay) for lay in data["layers"]], data["full_ms"], info)
 
@@ -472,7 +527,7 @@ class LatencyTable:
 
     def __repr__(self) -> str:
         return (
-            f"LatencyTable({len(self.layers)} layers, full {self.full_ms:.3f} ms, "
+            f"LatencyTable({len(self.layers)} ops, full {self.full_ms:.3f} ms, "
             f"device={self.info.get('device')!r}, threads={self.info.get('threads')}, "
             f"batch_size={self.info.get('batch_size')})"
         )
@@ -503,13 +558,17 @@ def _kept_shape(space: "PruningSpace", a: _Arg, counts: dict[int, int]) -> tuple
 
 
 def _runner(call: _Call, shapes: tuple, device: torch.device) -> Any:
-    """A no-argument function running the call alone on random tensors of ``shapes``."""
+    """A no-argument function running the call alone on random tensors of ``shapes``.
+
+    Values are uniform in [0, 1): positive, so a variance, a square root's or a
+    logarithm's argument stays finite (NaNs can run at another speed).
+    """
     todo = iter(shapes)
 
     def tensor(_: _Arg) -> torch.Tensor:
         shape, dtype = next(todo)
         if dtype.is_floating_point or dtype.is_complex:
-            return torch.randn(shape, dtype=dtype, device=device)
+            return torch.rand(shape, dtype=dtype, device=device)
         return torch.zeros(shape, dtype=dtype, device=device)
 
     args, kwargs = pytree.tree_map_only(_Arg, tensor, (call.args, call.kwargs))
@@ -537,6 +596,20 @@ def _time_call(
 ) -> float:
     key = _signature(space, call, counts)
     return timer(key, lambda: _runner(call, key[1], device))
+
+
+def _time_grid(
+    space: "PruningSpace", call: _Call, points: list[list[int]], timer: _Timer, device: torch.device
+) -> np.ndarray:
+    """The call's time at every combination of its (one or two) groups' kept counts in ``points``."""
+    if len(points) == 1:
+        points = [points[0], [0]]
+    v = np.empty((len(points[0]), len(points[1])))
+    for a, x in enumerate(points[0]):
+        for b, y in enumerate(points[1]):
+            counts = {space.groups[i].atom: n for i, n in zip(call.groups, (x, y))}
+            v[a, b] = _time_call(space, call, counts, timer, device)
+    return v
 
 
 def _time_model(space: "PruningSpace", batch_size: int | None, device: torch.device, min_run_time: float) -> float:
