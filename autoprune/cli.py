@@ -294,7 +294,7 @@ def search(
 def _done(study: optuna.Study) -> int:
     from .search.ledger import counted
 
-    return counted(study)
+    return counted(study.get_trials(deepcopy=False))
 
 
 def _run_workers(

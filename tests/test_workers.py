@@ -16,10 +16,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from helpers import new_database, postgres_server
 from optuna.trial import TrialState
 
-from autoprune.search.ledger import make_storage
+import autoprune as ap
+from autoprune.search import Projector, SearchContext
+from autoprune.search.ledger import counted, make_storage
+from autoprune.search.runner import _surplus
+from autoprune.search.strategy import BATCH, enqueue_batch, is_duplicate
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONPATH": str(SCRIPTS)}
@@ -94,8 +99,9 @@ def storage(request, tmp_path):
     return new_database(server, f"db_{request.node.name.split('[')[0][-20:]}_{os.getpid()}_{time.time_ns() % 10**9}")
 
 
-def test_three_workers_evaluate_exactly_n_trials_without_duplicates(tmp_path, storage):
-    path = study_file(tmp_path, "three", n_trials=12)
+@pytest.mark.parametrize("strategy", ["tpe", "sa"])
+def test_three_workers_evaluate_exactly_n_trials_without_duplicates(tmp_path, storage, strategy):
+    path = study_file(tmp_path, "three", n_trials=12, strategy=strategy)
     created = cli("study", "create", str(path), "--storage", storage, cwd=tmp_path)
     assert created.returncode == 0, created.stdout + created.stderr
     finish([start_worker(path, storage) for _ in range(3)])
@@ -167,6 +173,38 @@ def test_netadapt_with_two_workers_makes_the_same_iterations_as_with_one(tmp_pat
     assert not any(t.user_attrs.get("duplicate") and t.state == TrialState.COMPLETE for t in trials(storage, "na"))
 
 
+def _tiny() -> ap.PruningSpace:
+    torch.manual_seed(0)
+    return ap.PruningSpace(ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval(), torch.zeros(1, 1, 8, 8))
+
+
+def test_a_batch_two_workers_enqueue_at_once_is_evaluated_once(tmp_path):
+    space, budget, url = _tiny(), ap.Budget(macs=0.6), f"journal:{tmp_path / 'b.journal'}"
+    study = ap.create_study(space, budget, strategy="random", storage=url, study_name="b")
+    ctx = SearchContext(space, Projector(space, budget), study, 0, 0.95)
+    batch = [(ctx.projector.uniform(), {"proposal": i}) for i in range(2)]
+    assert enqueue_batch(ctx, "iteration:1", batch)
+    assert not enqueue_batch(ctx, "iteration:1", batch)  # already there: nothing enqueued
+    # A worker that checked just before the first copy landed enqueues a second one:
+    study.enqueue_trial(batch[0][0], user_attrs={"proposal": 0, BATCH: {"key": "iteration:1", "token": "late"}})
+    ts = study.get_trials(deepcopy=False)
+    assert is_duplicate(ts, ts[-1]._trial_id) and not is_duplicate(ts, ts[0]._trial_id)
+    ap.search(space, lambda m: 1.0, budget, strategy="random", n_trials=3, storage=url, study_name="b", join=True)
+    ts = study.get_trials(deepcopy=False)
+    late = [t for t in ts if t.user_attrs.get(BATCH, {}).get("token") == "late"]
+    assert [(t.state, t.user_attrs.get("duplicate")) for t in late] == [(TrialState.PRUNED, True)]
+    assert counted(ts) == 3 and sum(t.state == TrialState.COMPLETE for t in ts) == 3
+
+
+def test_the_last_trials_of_the_budget_go_to_the_earliest_asks(tmp_path):
+    study = optuna.create_study(storage=make_storage(f"journal:{tmp_path / 's.journal'}", "s"), study_name="s")
+    first, second = study.ask(), study.ask()
+    ts = study.get_trials(deepcopy=False)
+    assert not _surplus(ts, first, 1) and _surplus(ts, second, 1) and not _surplus(ts, second, 2)
+    study.tell(first, 1.0)
+    assert _surplus(study.get_trials(deepcopy=False), second, 1)
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_an_unreachable_database_fails_fast_without_showing_the_password(tmp_path):
     path = study_file(tmp_path, "bad")
@@ -201,7 +239,19 @@ def test_several_workers_refuse_sqlite_and_name_the_right_storage(tmp_path):
 def test_search_with_local_workers_on_a_journal_file(tmp_path):
     path = study_file(tmp_path, "local", n_trials=6)
     url = f"journal:{tmp_path / 'local.journal'}"
-    out = cli("search", str(path), "--workers", "2", "--storage", url, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    out = cli(
+        "search",
+        str(path),
+        "--workers",
+        "2",
+        "--storage",
+        url,
+        "--device",
+        "cpu,cpu",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert sum(t.state == TrialState.COMPLETE for t in trials(url, "local")) == 6
     assert (tmp_path / "out" / "structure.json").exists()

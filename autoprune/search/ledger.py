@@ -21,15 +21,14 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-WORKER = "worker"
-BEAT = "heartbeat"
+WORKER = "worker"  # {"host", "pid", "beat"}: who runs the trial, and its heartbeat counter
 
 
 class StorageError(ValueError):
@@ -127,24 +126,28 @@ def uncounted(t: optuna.trial.FrozenTrial) -> bool:
     return bool(t.user_attrs.get("stale") or t.user_attrs.get("duplicate"))
 
 
-def counted(study: optuna.Study) -> int:
-    """Trials that count toward the study-wide budget."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if not uncounted(t))
+def counted(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
+    """How many of ``trials`` count toward the study-wide budget."""
+    return sum(1 for t in trials if t.state in COUNTED and not uncounted(t))
 
 
 # -- workers and their liveness ----------------------------------------------------------------
-def _boot_id() -> str:
+def _machine() -> str:
+    """This process's machine and PID namespace: where a pid means the same process (containers differ)."""
+    parts = [socket.gethostname()]
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(os.readlink("/proc/self/ns/pid").removeprefix("pid:"))
     except OSError:
-        return ""
+        pass
+    return "/".join(parts)
 
 
-HOST = f"{socket.gethostname()}/{_boot_id()}"
+HOST = _machine()
 
 
-def this_worker() -> dict[str, object]:
-    return {"host": HOST, "pid": os.getpid()}
+def this_worker(beat: int = 0) -> dict[str, object]:
+    return {"host": HOST, "pid": os.getpid(), "beat": beat}
 
 
 def _process_gone(pid: int) -> bool:
@@ -169,12 +172,9 @@ class Liveness:
 
     def dead(self, t: optuna.trial.FrozenTrial) -> bool:
         worker = t.user_attrs.get(WORKER)
-        if isinstance(worker, dict) and worker.get("host") == HOST:
-            if worker.get("pid") == os.getpid():
-                return False
-            if _process_gone(int(worker.get("pid", -1))):
-                return True
-        sign = (t.user_attrs.get(BEAT), str(worker))
+        if isinstance(worker, dict) and worker.get("host") == HOST and _process_gone(int(worker.get("pid", -1))):
+            return True
+        sign = str(worker)
         now = time.monotonic()
         last = self._seen.get(t._trial_id)
         if last is None or last[0] != sign:
@@ -183,12 +183,12 @@ class Liveness:
         return now - last[1] > self.grace
 
 
-def recover(study: optuna.Study, liveness: Liveness) -> list[int]:
-    """Fail RUNNING trials whose worker died and re-enqueue their parameters. Returns their numbers."""
+def recover(study: optuna.Study, liveness: Liveness, trials: Iterable[optuna.trial.FrozenTrial]) -> list[int]:
+    """Fail the RUNNING ``trials`` whose worker died and re-enqueue their parameters. Returns their numbers."""
     storage = study._storage
     done = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not liveness.dead(t):
+    for t in trials:
+        if t.state != TrialState.RUNNING or not liveness.dead(t):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "stale", True)
@@ -197,7 +197,7 @@ def recover(study: optuna.Study, liveness: Liveness) -> list[int]:
         except RuntimeError:  # another worker finished or failed it first
             continue
         # Keep what tagged the proposal (a strategy's bookkeeping), drop what the crash left behind.
-        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error", WORKER, BEAT)}
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error", WORKER)}
         attrs["retry_of"] = t.number
         study.enqueue_trial(t.params, user_attrs=attrs)
         done.append(t.number)
@@ -224,14 +224,13 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval: float) -> Iter
     storage = study._storage
     stop = threading.Event()
     storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker())
-    storage.set_trial_user_attr(trial._trial_id, BEAT, 0)
 
     def beat() -> None:
         n = 0
         while not stop.wait(interval):
             n += 1
             try:
-                storage.set_trial_user_attr(trial._trial_id, BEAT, n)
+                storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker(n))
             except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
                 pass
 

@@ -107,15 +107,14 @@ def search(
     started = time.monotonic()
 
     while timeout is None or time.monotonic() - started < timeout:
-        recover(study, liveness)
         trials = study.get_trials(deepcopy=False)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        if counted(study) >= n_trials or strat.finished(ctx):
-            if running and counted(study) + running <= n_trials:
-                time.sleep(poll)  # another worker may still die: stay to retry its plan
-                continue
+        if recover(study, liveness, trials):
+            continue
+        done, running = counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
+        if done >= n_trials or strat.finished(ctx):
             break
-        action = "wait" if counted(study) + running >= n_trials else strat.prepare(ctx)
+        # While other workers' trials fill the budget, stay: if one of them dies, its plan is retried here.
+        action = "wait" if done + running >= n_trials else strat.prepare(ctx)
         if action == "stop":
             break
         if action == "wait":
@@ -127,10 +126,11 @@ def search(
             warnings.simplefilter("ignore")
             trial = study.ask(fixed_distributions=dists)
         with heartbeat(study, trial, heartbeat_interval):
-            if _surplus(study, trial, n_trials):  # several workers asked for the last trials at once
+            trials = study.get_trials(deepcopy=False)
+            if _surplus(trials, trial, n_trials):  # several workers asked for the last trials at once
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 continue
-            if is_duplicate(study, trial):
+            if is_duplicate(trials, trial._trial_id):
                 trial.set_user_attr("duplicate", True)
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
@@ -253,10 +253,13 @@ def _load(store: optuna.storages.BaseStorage, study_name: str, url: Any) -> optu
     )
 
 
-def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
-    """True if the trials counted or running before this one already fill the study's budget."""
-    ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id < trial._trial_id]
-    return counted(study) + len(ahead) >= n_trials
+def _surplus(trials: list[optuna.trial.FrozenTrial], trial: optuna.Trial, n_trials: int) -> bool:
+    """True if the trials counted, or running and asked before this one, already fill the study's budget.
+
+    Trial ids are assigned atomically by the storage, so every worker sees the same order.
+    """
+    ahead = sum(t.state == TrialState.RUNNING and t._trial_id < trial._trial_id for t in trials)
+    return counted(trials) + ahead >= n_trials
 
 
 def _run_trial(

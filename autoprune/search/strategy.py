@@ -132,10 +132,11 @@ def enqueue_batch(ctx: SearchContext, key: str, proposals: list[tuple[dict[str, 
     return False
 
 
-def is_duplicate(study: optuna.Study, trial: optuna.trial.BaseTrial) -> bool:
-    """True for a trial of a batch that another worker enqueued first (see :func:`enqueue_batch`)."""
-    batch = trial.user_attrs.get(BATCH)
-    return bool(batch) and _winner(study.get_trials(deepcopy=False), batch["key"]) != batch["token"]
+def is_duplicate(trials: list[optuna.trial.FrozenTrial], trial_id: int) -> bool:
+    """True if trial ``trial_id`` belongs to a batch that another worker enqueued first (see :func:`enqueue_batch`)."""
+    me = next((t for t in trials if t._trial_id == trial_id), None)
+    batch = me.user_attrs.get(BATCH) if me is not None else None
+    return bool(batch) and _winner(trials, batch["key"]) != batch["token"]
 
 
 def _batch_key(t: optuna.trial.FrozenTrial) -> str | None:

@@ -9,7 +9,7 @@ from autoprune.data import dataset_by_name
 from autoprune.evaluators import AccuracyEvaluator
 
 
-def make(pause: float = 0.0, finetune_steps: int = 0):
+def make(pause: float = 0.0, finetune_steps: int = 0, device: str = "cpu"):
     splits = dataset_by_name("digits", seed=0)
     evaluator = AccuracyEvaluator(
         splits.val,
@@ -18,6 +18,7 @@ def make(pause: float = 0.0, finetune_steps: int = 0):
         recalibration_batch_size=64,
         finetune_steps=finetune_steps,
         finetune_batch_size=64,
+        device=device,
     )
 
     def evaluate(model):
