@@ -214,6 +214,21 @@ def test_an_unreachable_database_fails_fast_without_showing_the_password(tmp_pat
     assert "cannot open storage" in out.stdout and "127.0.0.1:1" in out.stdout and "s3cret" not in out.stdout
 
 
+def test_a_database_that_never_answers_times_out():
+    import socket
+
+    from autoprune.search.ledger import StorageError
+
+    with socket.socket() as silent:  # accepts the connection, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql://me:s3cret@127.0.0.1:{silent.getsockname()[1]}/db"
+        started = time.time()
+        with pytest.raises(StorageError, match="cannot open storage") as err:
+            make_storage(url, "x", create=False, timeout=2)
+    assert time.time() - started < 30 and "s3cret" not in str(err.value) and "***" in str(err.value)
+
+
 def test_a_worker_needs_a_created_study(tmp_path, postgres):
     path = study_file(tmp_path, "missing")
     for url in (f"journal:{tmp_path / 'none.journal'}", new_database(postgres, f"empty_{os.getpid()}")):

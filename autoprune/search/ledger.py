@@ -62,7 +62,7 @@ def make_storage(
     """
     if isinstance(url, BaseStorage):
         return url
-    url = url or default_storage(study_name)
+    url = _driver(url or default_storage(study_name))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         connect_args = {"connect_timeout": int(max(timeout, 1))} if url.startswith(("postgresql", "mysql")) else {}
         _check_database(url, connect_args, create)
@@ -85,6 +85,16 @@ def make_storage(
         f"unsupported storage {redact(url)!r}: use sqlite:///file.db (one process), journal:file.journal "
         "(several processes on one machine) or postgresql://user:pass@host/db (several machines)"
     )
+
+
+def _driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed (SQLAlchemy 2.1 assumes psycopg 3)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _check_database(url: str, connect_args: dict, create: bool) -> None:
