@@ -180,8 +180,10 @@ def main() -> int:
         "What it means. One worker spends "
         + " and ".join(f"{extra[k] * 1e3:.0f} ms ({k})" for k in extra)
         + " per trial outside its evaluator: proposing, projecting, building the pruned model and Optuna's "
-        "storage round trips (Optuna writes each parameter and attribute in its own transaction). On this 2-core "
-        "machine 4 worker processes also compete for 2 cores, which is most of the loss at 4 workers. For 16 or "
+        "storage round trips (Optuna writes each parameter and attribute in its own transaction). Scaling "
+        f"efficiency here lies between {min(e for *_, e in rows):.0%} and {max(e for *_, e in rows):.0%}: the workers "
+        f"share this machine's {os.cpu_count()} cores (with each other and with whatever else runs), so "
+        "differences of about ten points between rows are noise, not a trend. For 16 or "
         "64 workers, each on its own GPU and machine, what matters is the database: a worker keeps it busy for "
         f"about {pg * 1e3:.0f} ms per trial, so with trials of one minute 64 workers make about one trial per "
         f"second and keep the database busy at most {64 * pg / 60:.0%} of the time (an upper bound: that time is "
