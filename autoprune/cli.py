@@ -171,12 +171,15 @@ def worker(
     n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Study-wide number of trials (default: the file)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device for this worker's evaluations, e.g. cuda:1."),
     heartbeat: float = typer.Option(10.0, "--heartbeat", help="Seconds between heartbeats; 3 missed = dead worker."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the study file's)."),
 ) -> None:
     """Join an existing study and evaluate until its study-wide trial budget is spent."""
     import autoprune as ap
 
     try:
         config, path = load_study_file(study_file)
+        if threads is not None:
+            config = config.model_copy(update={"threads": threads})
         url = _storage(config, path.parent, storage)
         _load(config.study_name, url)  # fails fast: an unreachable database, or no study there yet
         setup = _setup(config, path.parent, url)
@@ -313,9 +316,10 @@ def _run_workers(
     import time
 
     logs, procs = [], []
+    threads = study.user_attrs["study_file"]["config"].get("threads") or 1  # one thread per worker by default
     for i in range(workers):
         cmd = [sys.executable, "-m", "autoprune.cli", "worker", str(study_file), "--storage", storage]
-        cmd += ["--n-trials", str(total), "--heartbeat", str(heartbeat)]
+        cmd += ["--n-trials", str(total), "--heartbeat", str(heartbeat), "--threads", str(threads)]
         if devices[i % len(devices)] is not None:
             cmd += ["--device", devices[i % len(devices)]]
         log = tempfile.TemporaryFile("w+")
