@@ -8,8 +8,9 @@ Worker liveness works the same on every storage (Optuna's journal storage has no
 heartbeat, and its RDB heartbeat is only written inside ``optimize()``): a running
 trial records its worker (host and pid) and a heartbeat counter in its user
 attributes. A trial is dead when its worker's process is gone (same host) or
-when its heartbeat has not changed for ``grace`` seconds of the observer's own
-clock (any host; no clock synchronisation needed).
+when its heartbeat has not changed for three heartbeat intervals (the longer of
+the observer's and the worker's) of the observer's own clock (any host; no clock
+synchronisation needed).
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def _machine() -> str:
 HOST = _machine()
 
 
-def this_worker(beat: int = 0) -> dict[str, object]:
-    return {"host": HOST, "pid": os.getpid(), "beat": beat}
+def this_worker(interval: float, beat: int = 0) -> dict[str, object]:
+    return {"host": HOST, "pid": os.getpid(), "every": interval, "beat": beat}
 
 
 def _process_gone(pid: int) -> bool:
@@ -176,8 +177,8 @@ def _process_gone(pid: int) -> bool:
 class Liveness:
     """Tells which RUNNING trials belong to a dead worker (see the module docstring)."""
 
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
         self._seen: dict[int, tuple[object, float]] = {}
 
     def dead(self, t: optuna.trial.FrozenTrial) -> bool:
@@ -190,7 +191,8 @@ class Liveness:
         if last is None or last[0] != sign:
             self._seen[t._trial_id] = (sign, now)
             return False
-        return now - last[1] > self.grace
+        every = max(self.interval, float(worker.get("every", 0)) if isinstance(worker, dict) else 0.0)
+        return now - last[1] > 3 * every
 
 
 def recover(study: optuna.Study, liveness: Liveness, trials: Iterable[optuna.trial.FrozenTrial]) -> list[int]:
@@ -233,14 +235,14 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval: float) -> Iter
     """Mark ``trial`` as this worker's and bump its heartbeat every ``interval`` seconds while it runs."""
     storage = study._storage
     stop = threading.Event()
-    storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker())
+    storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker(interval))
 
     def beat() -> None:
         n = 0
         while not stop.wait(interval):
             n += 1
             try:
-                storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker(n))
+                storage.set_trial_user_attr(trial._trial_id, WORKER, this_worker(interval, n))
             except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
                 pass
 

@@ -100,7 +100,7 @@ def search(
     )
     if not join:
         strat.setup(ctx)
-    liveness = Liveness(grace=3 * heartbeat_interval)
+    liveness = Liveness(heartbeat_interval)
     poll = min(heartbeat_interval, 2.0)
     dists = ctx.distributions()
     callbacks = list(callbacks)
