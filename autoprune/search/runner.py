@@ -362,4 +362,4 @@ def best_plan(study: optuna.Study) -> dict[str, float]:
     try:
         return dict(study.best_trial.user_attrs["plan"])
     except ValueError as err:
-        raise ValueError(f"study {study.study_name!r} has no completed trial yet") from err
+        raise ValueError(f"study {study.study_name!r} has no completed trial that meets the budget yet") from err
