@@ -111,33 +111,9 @@ def test_ops_sized_by_more_than_two_groups_scale_with_their_work():
     assert by_name["head:convolution"]["kind"] == "compute" and by_name["head:convolution"]["grids"] == []
     plan = {"c": 0.5}  # 24 -> 12 of 48 channels: the cat and the ReLU move a quarter fewer elements
     got = table.breakdown(plan)
-    assert got["cat"] == pytest.approx(table.scale * cat["values"][0][0] * 36 / 48)
-    assert got["relu"] == pytest.approx(table.scale * relu["values"][0][0] * 36 / 48)
+    assert got["cat"] == pytest.approx(cat["values"][0][0] * 36 / 48)
+    assert got["relu"] == pytest.approx(relu["values"][0][0] * 36 / 48)
     assert table.predict(plan) < table.predict({}) == pytest.approx(table.full_ms)
-
-
-def test_calibration_fits_the_whole_model_timings(space, table):
-    from autoprune.engine.latency import CALIBRATION
-
-    assert [s for s, _ in table.info["calibration"]] == list(CALIBRATION)
-    assert table.scale > 0 and table.constant_ms >= 0
-    data = table.to_dict()
-    full, uniform = table.full_ms, {g.name: 0.5 for g in space.groups}
-    ops_full, ops_half = table.ops_ms({}), table.ops_ms(uniform)
-    # One calibration point: the fit passes through it and through the unpruned model.
-    measured = full * (1 + ops_half / ops_full) / 2  # between "unchanged" and "proportional to the ops"
-    one = LatencyTable.from_dict({**data, "calibration": [[0.5, measured]]}, space)
-    assert one.predict(uniform) == pytest.approx(measured)
-    assert one.predict({}) == pytest.approx(full)
-    assert one.scale == pytest.approx((full - measured) / (ops_full - ops_half))
-    # A point that needs a negative constant: proportional to the ops' sum instead.
-    steep = LatencyTable.from_dict({**data, "calibration": [[0.5, 0.2 * full * ops_half / ops_full]]}, space)
-    assert steep.constant_ms == 0 and steep.predict(uniform) == pytest.approx(full * ops_half / ops_full)
-    # A pruned model slower than the full one (noise): scale 1, the constant is the rest.
-    flat = LatencyTable.from_dict({**data, "calibration": [[0.5, 1.2 * full]]}, space)
-    assert flat.scale == 1 and flat.constant_ms == pytest.approx(full - ops_full)
-    # No calibration (a table built before it): scale 1.
-    assert LatencyTable.from_dict({k: v for k, v in data.items() if k != "calibration"}, space).scale == 1
 
 
 def test_empty_plan_predicts_the_measured_full_latency(table):

@@ -7,18 +7,10 @@ for a depthwise conv), and interpolated bilinearly between grid points. Every
 other traced op that a channel group sizes (norms, activations, residual adds,
 pooling, concatenations: any op with a prunable axis in its tensor arguments,
 whatever module runs it) is timed the same way, on a grid of its group's kept
-count; views cost nothing and are left out.
-
-An op inside the model does not run exactly as fast as alone: on a CPU, small
-ops pay more dispatch and cache overhead in a real forward pass, and ops on large
-activations can pay for the allocator (glibc returns freed activations to the
-OS and page-faults them back, which standalone timing, reusing one buffer, never
-sees). So a network's latency is ``constant + scale * (sum over the ops)``,
-calibrated on whole-model timings: the unpruned model and two uniformly pruned
-ones (:data:`CALIBRATION`), timed between the ops. The fit passes through the
-unpruned model, so ``predict({})`` is its measured latency; ``constant`` (ops
-no group sizes, Python and module overhead) is never negative, and ``scale`` is
-positive, so pruning more never predicts slower.
+count; views cost nothing and are left out. A network's latency is the sum over
+these ops plus one constant for the rest (ops no group sizes, Python and module
+overhead): the measured full-model latency minus the ops' sum at full size, so
+``predict({})`` is the measured latency.
 
 An op sized by more than two groups, or one that cannot run alone at pruned
 sizes (an argument fixes a channel count), is timed at full size and scaled by
@@ -51,7 +43,6 @@ if TYPE_CHECKING:
     from .space import PruningSpace
 
 FORMAT = 2
-CALIBRATION = (0.3, 0.6)  # uniform sparsities of the pruned models timed whole to calibrate scale and constant
 _KEY_STRIDE = 1 << 32  # separates the grids of different layer axes in one sorted array
 
 
@@ -293,30 +284,8 @@ class LatencyTable:
         self.full_ms = float(full_ms)
         self.info = dict(info)
         self._compile()
-        self.scale, self.constant_ms = self._calibrate()
-
-    def _calibrate(self) -> tuple[float, float]:
-        """``scale`` and ``constant`` so that ``constant + scale * ops_ms(plan)`` fits the whole-model timings.
-
-        Least squares in relative error over the calibration models, through the
-        unpruned model's point. A negative constant (the ops' sum shrinks slower
-        than the model) falls back to proportional scaling, a non-positive scale
-        (noise) to scale 1.
-        """
-        full_ops = self.ops_ms({})
-        num = den = 0.0
-        for sparsity, measured in self.info.get("calibration", []):
-            ops = self.ops_ms({g.name: sparsity for g in self.space.groups})
-            w = 1.0 / measured**2
-            num += w * (measured - self.full_ms) * (ops - full_ops)
-            den += w * (ops - full_ops) ** 2
-        scale = num / den if den > 0 else 1.0
-        if scale <= 0:
-            scale = 1.0
-        constant = self.full_ms - scale * full_ops
-        if constant < 0 < full_ops:
-            scale, constant = self.full_ms / full_ops, 0.0
-        return float(scale), float(constant)
+        self.constant_ms = 0.0
+        self.constant_ms = self.full_ms - self.predict({})
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
@@ -353,29 +322,19 @@ class LatencyTable:
         full = np.array([g.channels for g in space.groups])
         grids = {i: _grid(int(full[i]), space.round_to, grid_step) for c in calls for i in c.groups}
         timer = _Timer(min_run_time, device)
-        inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(space, batch_size))
-        models = {0.0: copy.deepcopy(space.model)}
-        for sparsity in CALIBRATION:
-            try:
-                models[sparsity] = space.apply({g.name: sparsity for g in space.groups})
-            except Exception:  # noqa: BLE001 - calibrated on the models that can be built
-                continue
-        models = {k: m.eval().to(device) for k, m in models.items()}
-        model_ms: dict[float, list[float]] = {k: [] for k in models}
-        whole_time = max(0.2, 10 * min_run_time)
         # Timed at full size only and scaled by work: more than two groups, or not runnable alone when pruned.
         whole = {k for k, c in enumerate(calls) if len(c.groups) > 2}
         lost: set[int] = set()  # not runnable alone at all: part of the constant
         passes: list[dict[int, np.ndarray]] = []
+        model_ms: list[float] = []
         every = max(1, len(calls) // 4)
         with _threads(threads):
             for _ in range(repeats):
                 timer.cache.clear()
                 tables: dict[int, np.ndarray] = {}
                 for k, c in enumerate(calls):
-                    if k % every == 0:  # the whole models, timed between the ops: drift hits both alike
-                        for key, m in models.items():
-                            model_ms[key].append(_time_model(m, inputs, device, whole_time))
+                    if k % every == 0:  # the whole model, timed between the ops: drift hits both alike
+                        model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
                     if k in lost:
                         continue
                     if k not in whole:
@@ -389,8 +348,7 @@ class LatencyTable:
                     except Exception:  # noqa: BLE001 - it cannot run alone: its time stays in the constant
                         lost.add(k)
                 passes.append(tables)
-            for key, m in models.items():
-                model_ms[key].append(_time_model(m, inputs, device, whole_time))
+            model_ms.append(_time_model(space, batch_size, device, max(0.2, 10 * min_run_time)))
         layers = []
         for k, c in enumerate(calls):
             if k in lost:
@@ -416,10 +374,9 @@ class LatencyTable:
             "grid_step": grid_step,
             "torch": torch.__version__,
             "measurements": len(timer.cache) * repeats,
-            "calibration": [[k, float(np.median(v))] for k, v in model_ms.items() if k > 0],
             "build_seconds": round(time.perf_counter() - started, 2),
         }
-        return cls(space, layers, float(np.median(model_ms[0.0])), info)
+        return cls(space, layers, float(np.median(model_ms)), info)
 
     # -- prediction -----------------------------------------------------------------------------
     def _compile(self) -> None:
@@ -485,29 +442,25 @@ class LatencyTable:
 
     def predict(self, plan: Mapping[str, float]) -> float:
         """Predicted latency (ms) of ``space.apply(plan)`` on the device the table was built on."""
-        return self.constant_ms + self.scale * self.ops_ms(plan)
-
-    def ops_ms(self, plan: Mapping[str, float]) -> float:
-        """The sum of the table's ops at ``plan``, each as timed alone (before calibration)."""
         counts = self.space._counts(plan)
-        total = float(self.layer_latencies(counts).sum())
+        total = self.constant_ms + float(self.layer_latencies(counts).sum())
         for full_ms, call, ids in self._fallback:
             total += full_ms * self._work_ratio(call, ids, counts)
         return total
 
     def breakdown(self, plan: Mapping[str, float]) -> dict[str, float]:
-        """Predicted milliseconds of each op in the table (by name, calibrated: timed alone x ``scale``) and of
-        the ``constant`` rest; they sum to ``predict(plan)``."""
+        """Predicted milliseconds of each op in the table (by name) and of the ``constant`` rest; they sum to
+        ``predict(plan)``."""
         counts = self.space._counts(plan)
         out: dict[str, float] = {}
         interpolated = iter(self.layer_latencies(counts).tolist())
         whole = iter(self._fallback)
         for lay in self.layers:
             if lay["grids"]:
-                out[lay["name"]] = self.scale * next(interpolated)
+                out[lay["name"]] = next(interpolated)
             else:
                 full_ms, call, ids = next(whole)
-                out[lay["name"]] = self.scale * full_ms * self._work_ratio(call, ids, counts)
+                out[lay["name"]] = full_ms * self._work_ratio(call, ids, counts)
         out["constant"] = self.constant_ms
         return out
 
@@ -538,7 +491,6 @@ class LatencyTable:
             **self.info,
             "full_ms": self.full_ms,
             "constant_ms": self.constant_ms,
-            "scale": self.scale,
             "layers": self.layers,
         }
 
@@ -560,8 +512,7 @@ class LatencyTable:
         at = [order.index(lay["name"]) if lay["name"] in traced else -1 for lay in data["layers"]]
         if -1 in at or at != sorted(set(at)) or any(traced[lay["name"]] != lay["groups"] for lay in data["layers"]):
             raise ValueError("this latency table's ops do not match the space's traced ops; rebuild it")
-        derived = ("format", "fingerprint", "full_ms", "constant_ms", "scale", "layers")
-        info = {k: v for k, v in data.items() if k not in derived}
+        info = {k: v for k, v in data.items() if k not in ("format", "fingerprint", "full_ms", "constant_ms", "layers")}
         return cls(space, [dict(lay) for lay in data["layers"]], data["full_ms"], info)
 
     def matches(self, *, device: str | torch.device = "cpu", threads: int = 1, batch_size: int | None = None) -> bool:
@@ -576,7 +527,7 @@ class LatencyTable:
 
     def __repr__(self) -> str:
         return (
-            f"LatencyTable({len(self.layers)} ops, full {self.full_ms:.3f} ms, scale {self.scale:.3f}, "
+            f"LatencyTable({len(self.layers)} ops, full {self.full_ms:.3f} ms, "
             f"device={self.info.get('device')!r}, threads={self.info.get('threads')}, "
             f"batch_size={self.info.get('batch_size')})"
         )
@@ -661,7 +612,9 @@ def _time_grid(
     return v
 
 
-def _time_model(model: torch.nn.Module, inputs: tuple, device: torch.device, min_run_time: float) -> float:
+def _time_model(space: "PruningSpace", batch_size: int | None, device: torch.device, min_run_time: float) -> float:
+    model = copy.deepcopy(space.model).eval().to(device)
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(space, batch_size))
     with torch.inference_mode():
         return median_ms(lambda: model(*inputs), min_run_time=min_run_time, device=device, blocks=9)
 
