@@ -17,6 +17,14 @@ sizes (an argument fixes a channel count), is timed at full size and scaled by
 its work: the product of its prunable sizes for a conv / matmul, the kept
 fraction of its tensor arguments' elements for any other op.
 
+An op does not always run as fast in a forward pass as alone. On CPU with
+glibc's default malloc, freed activations of a few MB go back to the OS and are
+page-faulted in again, by thresholds that adapt to the process's history (the
+same batch-64 ResNet-20 measured 104 ms in one process and 60 ms in another);
+a standalone op reuses its buffer and never pays that, so the constant absorbs
+it. Build and measure with fixed thresholds (``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_``) or another allocator for predictions that hold.
+
 Latency depends on the device, the thread count and the batch size, so a table
 records them and the space's fingerprint, and is only reused for the same ones.
 """
