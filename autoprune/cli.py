@@ -315,6 +315,8 @@ def _run_workers(
     import tempfile
     import time
 
+    from .search.ledger import uncounted
+
     logs, procs = [], []
     threads = study.user_attrs["study_file"]["config"].get("threads") or 1  # one thread per worker by default
     for i in range(workers):
@@ -332,7 +334,7 @@ def _run_workers(
             for t in study.get_trials(deepcopy=False):
                 if t.state.is_finished() and t.number not in seen:
                     seen.add(t.number)
-                    if not (t.user_attrs.get("stale") or t.user_attrs.get("duplicate")):
+                    if not uncounted(t):
                         on_trial(study, t)
             if not running:
                 break

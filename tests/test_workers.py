@@ -170,7 +170,7 @@ def test_netadapt_with_two_workers_makes_the_same_iterations_as_with_one(tmp_pat
 
     one, two = iterations(single), iterations(storage)
     assert len(one) >= 2 and one == two
-    assert not any(t.user_attrs.get("duplicate") and t.state == TrialState.COMPLETE for t in trials(storage, "na"))
+    assert all(t.user_attrs.get("netadapt") for t in trials(storage, "na") if t.state == TrialState.COMPLETE)
 
 
 def _tiny() -> ap.PruningSpace:
@@ -192,7 +192,7 @@ def test_a_batch_two_workers_enqueue_at_once_is_evaluated_once(tmp_path):
     ap.search(space, lambda m: 1.0, budget, strategy="random", n_trials=3, storage=url, study_name="b", join=True)
     ts = study.get_trials(deepcopy=False)
     late = [t for t in ts if t.user_attrs.get(BATCH, {}).get("token") == "late"]
-    assert [(t.state, t.user_attrs.get("duplicate")) for t in late] == [(TrialState.PRUNED, True)]
+    assert [(t.state, t.user_attrs.get("discarded")) for t in late] == [(TrialState.PRUNED, "duplicate proposal")]
     assert counted(ts) == 3 and sum(t.state == TrialState.COMPLETE for t in ts) == 3
 
 

@@ -29,6 +29,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DISCARDED = "discarded"  # why a trial was closed without being evaluated (a duplicate proposal, an empty ask)
 WORKER = "worker"  # {"host", "pid", "beat"}: who runs the trial, and its heartbeat counter
 
 
@@ -133,8 +134,8 @@ def is_sqlite(storage: BaseStorage) -> bool:
 
 
 def uncounted(t: optuna.trial.FrozenTrial) -> bool:
-    """Bookkeeping trials: failed because their worker died (retried), or a duplicate proposal never evaluated."""
-    return bool(t.user_attrs.get("stale") or t.user_attrs.get("duplicate"))
+    """Bookkeeping trials: failed because their worker died (and retried), or discarded before evaluation."""
+    return bool(t.user_attrs.get("stale") or t.user_attrs.get(DISCARDED))
 
 
 def counted(trials: Iterable[optuna.trial.FrozenTrial]) -> int:

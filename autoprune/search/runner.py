@@ -21,6 +21,7 @@ from ..engine.latency import LatencyTable, space_fingerprint
 from . import strategies  # noqa: F401 - registers the built-in strategies
 from .budget import Budget, Projector
 from .ledger import (
+    DISCARDED,
     HOST,
     Liveness,
     StorageError,
@@ -32,7 +33,7 @@ from .ledger import (
     recover,
     redact,
 )
-from .strategy import SearchContext, Strategy, get_strategy, is_duplicate
+from .strategy import BATCH, SearchContext, Strategy, get_strategy, is_duplicate
 
 log = logging.getLogger("autoprune")
 
@@ -130,8 +131,9 @@ def search(
             if _surplus(trials, trial, n_trials):  # several workers asked for the last trials at once
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 continue
-            if is_duplicate(trials, trial._trial_id):
-                trial.set_user_attr("duplicate", True)
+            reason = _discard(trials, trial._trial_id, strat)
+            if reason:
+                trial.set_user_attr(DISCARDED, reason)
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
             state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration)
@@ -251,6 +253,16 @@ def _load(store: optuna.storages.BaseStorage, study_name: str, url: Any) -> optu
         f"no study named {study_name!r} in {where}: create it once with `autoprune study create STUDY.yaml "
         f"--storage URL` (or autoprune.create_study) before starting workers"
     )
+
+
+def _discard(trials: list[optuna.trial.FrozenTrial], trial_id: int, strat: Strategy) -> str | None:
+    """Why this freshly asked trial must not be evaluated, if it must not."""
+    if is_duplicate(trials, trial_id):
+        return "duplicate proposal"
+    me = next(t for t in trials if t._trial_id == trial_id)
+    if strat.queued_only and BATCH not in me.user_attrs:
+        return "nothing to propose: another worker took the last queued proposal"
+    return None
 
 
 def _surplus(trials: list[optuna.trial.FrozenTrial], trial: optuna.Trial, n_trials: int) -> bool:

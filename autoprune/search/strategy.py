@@ -16,6 +16,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from .ledger import DISCARDED
+
 if TYPE_CHECKING:
     from ..engine import PruningSpace
     from .budget import Projector
@@ -57,6 +59,8 @@ class Strategy:
     parallel: str = "independent asks: each worker samples from the shared study"
     #: Proposals are projected onto the budget before they are built (NetAdapt's are not: it walks down to it).
     projects: bool = True
+    #: Every proposal is an enqueued trial (see :func:`enqueue_batch`); an ask that finds the queue empty is discarded.
+    queued_only: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,7 +131,7 @@ def enqueue_batch(ctx: SearchContext, key: str, proposals: list[tuple[dict[str, 
     for t in trials:  # lost the race: withdraw this copy before anyone evaluates it
         if t.user_attrs.get(BATCH, {}).get("token") == token and t.state == TrialState.WAITING:
             with contextlib.suppress(RuntimeError):
-                study._storage.set_trial_user_attr(t._trial_id, "duplicate", True)
+                study._storage.set_trial_user_attr(t._trial_id, DISCARDED, "duplicate proposal")
                 study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
     return False
 

@@ -1,9 +1,12 @@
 """Simulated annealing over per-group sparsities (NNI's SimulatedAnnealingPruner, repaired).
 
 The chain's state (current plan, temperature, best, stall count) is never
-stored: it is *replayed* from the study's completed trials in order, and every
-random draw is seeded by the step index. So a killed search resumes mid-chain
-and continues exactly as an uninterrupted run with the same seed would.
+stored: it is *replayed* from the study's completed trials in order. Each
+acceptance draw is seeded by the chain's step, each move by the proposal's slot
+(its place among the study's trials, not counting those failed by a crash). So a
+killed search resumes mid-chain and continues exactly as an uninterrupted run with
+the same seed would, and workers evaluating neighbours in parallel never draw the
+same move.
 
 Defaults fix what breaks in NNI (ALGORITHMS.md §4a): the first few moves are
 random perturbations whose score drops calibrate the start temperature so that
@@ -26,6 +29,7 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
+from ..ledger import uncounted
 from ..strategy import SearchContext, Strategy, enqueue_once
 
 START = "uniform"
@@ -47,8 +51,8 @@ class ChainState:
 class SimulatedAnnealing(Strategy):
     name = "sa"
     parallel = (
-        "one chain, neighbours evaluated in parallel: a worker proposing while k other proposals are in flight "
-        "draws the k-th random move from the chain's current plan; moves are accepted in trial order"
+        "one chain, neighbours evaluated in parallel: each worker proposes a different random move (seeded by its "
+        "trial's slot) from the chain's current plan; moves are accepted in trial order"
     )
 
     def __init__(
@@ -90,17 +94,17 @@ class SimulatedAnnealing(Strategy):
         enqueue_once(ctx, ctx.projector.uniform(), START)
 
     def finished(self, ctx: SearchContext) -> bool:
-        st = self.replay(ctx)
-        return st is not None and st.stopped
+        return self.replay(ctx).stopped
 
     # -- the chain ------------------------------------------------------------------
-    def replay(self, ctx: SearchContext) -> ChainState | None:
+    def replay(self, ctx: SearchContext) -> ChainState:
         """Re-derive the chain from the study's completed trials (in trial order)."""
         done = [
             t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs
         ]
-        if not done:
-            return None
+        if not done:  # the start plan is not evaluated yet: parallel workers explore around it meanwhile
+            start = ctx.projector.uniform()
+            return ChainState(start, float("-inf"), start, float("-inf"), 0.0, 0.0, 0, 0)
         start = next((t for t in done if t.user_attrs.get("seed_plan") == START), done[0])
         moves = [t for t in done if t is not start]
         st = ChainState(
@@ -156,22 +160,14 @@ class SimulatedAnnealing(Strategy):
     def _rng(self, ctx: SearchContext, step: int, what: str) -> random.Random:
         return random.Random(f"{ctx.base_seed}:{what}:{step}")
 
-    def propose(self, ctx: SearchContext, trial_id: int | None = None) -> dict[str, float]:
-        """The next plan to evaluate: a perturbation of the chain's current plan.
-
-        With several workers, the proposals still in flight before ``trial_id`` each took
-        one random move from this step; this one takes the next, so no two workers
-        evaluate the same neighbour.
-        """
+    def propose(self, ctx: SearchContext, trial_id: int) -> dict[str, float]:
+        """The plan trial ``trial_id`` evaluates: a random move from the chain's current plan."""
         st = self.replay(ctx)
         names = ctx.names
-        if st is None:
-            return ctx.projector.uniform()
         ratio = st.temperature / st.t0 if st.t0 > 0 else 1.0
         magnitude = max(self.perturbation * ratio, self.min_perturbation)
-        running = ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        in_flight = 0 if trial_id is None else sum(t._trial_id < trial_id for t in running)
-        rng = self._rng(ctx, st.step, "move" if in_flight == 0 else f"move{in_flight}")
+        slot = sum(t._trial_id < trial_id and not uncounted(t) for t in ctx.study.get_trials(deepcopy=False))
+        rng = self._rng(ctx, slot, "move")
         plan = {
             n: min(max(st.current.get(n, 0.0) + rng.uniform(-magnitude, magnitude), 0.0), ctx.max_sparsity)
             for n in names

@@ -29,7 +29,7 @@ import torch
 from optuna.trial import TrialState
 
 from ...engine import PruningSpace
-from ..ledger import storage_file
+from ..ledger import storage_file, uncounted
 from ..strategy import SearchContext, Strategy, enqueue_batch
 
 TAG = "netadapt"
@@ -55,6 +55,7 @@ class NetAdapt(Strategy):
         "workers wait at the end of an iteration and exactly one copy of the next iteration is enqueued"
     )
     projects = False
+    queued_only = True
 
     def __init__(
         self,
@@ -91,11 +92,7 @@ class NetAdapt(Strategy):
         full = {n: 0.0 for n in ctx.names}
         st = _State(0, full, None, None, None, self._cost(ctx, full))
         while True:
-            props = [
-                t
-                for t in trials
-                if t.user_attrs[TAG]["iteration"] == st.iteration and not t.user_attrs.get("duplicate")
-            ]
+            props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration and not uncounted(t)]
             live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
             if st.resource <= self._target(ctx):
                 st.done = True

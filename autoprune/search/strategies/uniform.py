@@ -13,6 +13,7 @@ from ..strategy import SearchContext, Strategy, enqueue_once
 class Uniform(Strategy):
     name = "uniform"
     parallel = "one plan: one worker evaluates it, the others wait for it and stop"
+    queued_only = True
 
     def setup(self, ctx: SearchContext) -> None:
         enqueue_once(ctx, ctx.projector.uniform(), "uniform")
