@@ -3,6 +3,9 @@
 autoprune search studies/quickstart.yaml          # runs; run it again to resume
 autoprune export studies/quickstart.yaml --out out/
 autoprune show   studies/quickstart.yaml --plots out/plots
+autoprune search studies/quickstart.yaml --workers 4 --storage journal:q.journal   # local workers
+autoprune study create studies/quickstart.yaml --storage postgresql://...         # once, then on every machine:
+autoprune worker studies/quickstart.yaml --storage postgresql://... --device cuda:0
 """
 
 from __future__ import annotations
