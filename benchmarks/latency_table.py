@@ -28,12 +28,12 @@ import argparse
 import ctypes
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 from scipy import stats
 
 import autoprune as ap
@@ -41,8 +41,6 @@ from autoprune.engine.latency import LatencyTable, hardware
 from autoprune.evaluators.latency import measure_latency
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
-START, END = "<!-- latency:start -->", "<!-- latency:end -->"
 
 
 def stable_malloc() -> None:
@@ -256,22 +254,6 @@ def reading(results: list[dict]) -> str:
     return " ".join(out)
 
 
-def write_section(text: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace only the latency block; the file is re-read just before writing so other sections survive."""
-    current = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = current.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", type=int, default=30)
@@ -295,7 +277,7 @@ def main() -> None:
     text = section(results, time.perf_counter() - started, args.malloc)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("latency", text)
 
 
 if __name__ == "__main__":

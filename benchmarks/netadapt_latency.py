@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from latency_table import stable_malloc  # a sibling script: benchmarks/ is on sys.path
+from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 import autoprune as ap
 from autoprune.data import fashion_mnist_splits
@@ -40,9 +41,6 @@ from autoprune.evaluators.latency import measure_latency
 from autoprune.search.strategies.netadapt import TAG, trial_network
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
-START, END = "<!-- netadapt-latency:start -->", "<!-- netadapt-latency:end -->"
-AFTER = "<!-- latency:end -->"
 
 
 def measure_pair(full: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, batch: int, rounds: int) -> dict:
@@ -206,25 +204,6 @@ meeting the budget and one missing it by 3 points is what a table with a ±7–1
 """
 
 
-def write_section(text: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace only this block (placed right after the latency section); other sections survive."""
-    current = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        new = head + block + rest.split(END, 1)[1]
-    elif AFTER in current:
-        head, rest = current.split(AFTER, 1)
-        new = head + AFTER + "\n\n" + block + rest
-    else:
-        new = current.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -245,7 +224,7 @@ def main() -> None:
     text = section(r, time.perf_counter() - started)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("netadapt-latency", text, after="latency")
 
 
 if __name__ == "__main__":

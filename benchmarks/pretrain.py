@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from report import BENCHMARKS_MD, write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from autoprune import zoo
@@ -42,7 +43,6 @@ from autoprune.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "autoprune" / "zoo" / "weights"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 MARKER = "pretrain"
 MODELS = {"resnet20": zoo.resnet20, "resnet56": zoo.resnet56}
 MODEL_KWARGS = {"in_channels": 1, "num_classes": 10}
@@ -121,27 +121,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def update_marker_block(path: Path, marker: str, body: str) -> None:
-    """Replace the text between `<!-- marker:start -->` and `<!-- marker:end -->` in `path`.
-
-    Only that block is touched; the file is read just before it is written so
-    that sections other writers keep in the same file survive.
-    """
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    i = text.find(start)
-    j = text.find(end, i + len(start)) if i >= 0 else -1
-    if i >= 0 and j >= 0:
-        text = text[:i] + block + text[j + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    mode = path.stat().st_mode & 0o777 if path.exists() else None
-    write_atomic(path, text.encode())
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 def benchmarks_section(weights_dir: Path) -> str:
@@ -332,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"wrote {weights_path} ({len(payload) / 1e6:.2f} MB) and {weights_path.with_suffix('.json').name}")
 
     if args.benchmarks_md:
-        update_marker_block(Path(args.benchmarks_md), MARKER, benchmarks_section(args.out_dir))
+        write_section(MARKER, benchmarks_section(args.out_dir), path=Path(args.benchmarks_md))
         log(f"updated the '{MARKER}' section of {args.benchmarks_md}")
     return meta
 

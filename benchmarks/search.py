@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import re
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 import autoprune as ap
 from autoprune.data import fashion_mnist_splits
@@ -156,7 +156,6 @@ def main() -> None:
 
     uniform = next((r for r in rows if r[0] == "uniform"), None)
     lines = [
-        "<!-- search:start -->",
         "## Search quality: strategies under one budget",
         "",
         f"`python benchmarks/search.py --trials {args.trials} --budget {args.budget}` on {date.today()}; "
@@ -191,20 +190,12 @@ def main() -> None:
         "point are within the noise of the 2048-image scoring set. Wall times are from a shared 2-core machine.",
         "",
         *_verdicts(tests, args.netadapt_finetune),
-        "<!-- search:end -->",
     ]
+    text = "\n".join(lines)
     if args.no_write:
-        print("\n".join(lines))
+        print(text)
         return
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if "<!-- search:start -->" in text:
-        text = re.sub(r"<!-- search:start -->.*?<!-- search:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+    print(f"wrote {write_section('search', text)}")
 
 
 def _verdicts(tests: dict[str, float], finetune: int) -> list[str]:

@@ -35,13 +35,12 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.trial import TrialState
+from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 import autoprune as ap
 from autoprune.search.ledger import make_storage
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_MD = ROOT / "BENCHMARKS.md"
-START, END = "<!-- workers:start -->", "<!-- workers:end -->"
 BUDGET = ap.Budget(macs=0.6)
 
 
@@ -103,14 +102,6 @@ def new_db(server: str, name: str) -> str:
     from helpers import new_database
 
     return new_database(server, name)
-
-
-def write_section(text: str) -> None:
-    block = f"{START}\n{text}{END}"
-    doc = BENCH_MD.read_text()
-    i, j = doc.find(START), doc.find(END)
-    doc = doc[:i] + block + doc[j + len(END) :] if i != -1 and j > i else doc.rstrip() + "\n\n" + block + "\n"
-    BENCH_MD.write_text(doc)
 
 
 def main() -> int:
@@ -194,7 +185,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("workers", text)
     return 0
 
 
