@@ -97,15 +97,9 @@ def _from_args(study_file: Optional[Path], study: Optional[str], storage: Option
 
 
 def _load(name: str, url: str) -> optuna.Study:
-    from .search.ledger import make_storage, redact
+    from .search.ledger import load_existing
 
-    try:
-        return optuna.load_study(study_name=name, storage=make_storage(url, name, create=False))
-    except (KeyError, optuna.exceptions.StorageInternalError):
-        raise ValueError(
-            f"no study named {name!r} in {redact(url)}: create it once with "
-            f"`autoprune study create STUDY.yaml --storage URL` (workers only join)"
-        ) from None
+    return load_existing(url, name)
 
 
 def _fail(err: Exception) -> None:

@@ -170,6 +170,10 @@ def test_netadapt_with_two_workers_makes_the_same_iterations_as_with_one(tmp_pat
 
     one, two = iterations(single), iterations(storage)
     assert len(one) >= 2 and one == two
+    # The carried-over weights live next to a file storage (a shared folder is the user's choice for PostgreSQL).
+    assert any((tmp_path / "single.artifacts").iterdir())
+    if storage.startswith("journal:"):
+        assert any((tmp_path / "study.artifacts").iterdir())
     assert all(t.user_attrs.get("netadapt") for t in trials(storage, "na") if t.state == TrialState.COMPLETE)
 
 
@@ -249,6 +253,29 @@ def test_several_workers_refuse_sqlite_and_name_the_right_storage(tmp_path):
     out = cli("search", str(study_file(tmp_path, "lite")), "--workers", "2", cwd=tmp_path)
     assert out.returncode == 2
     assert "SQLite is for one process" in out.stdout and "journal:" in out.stdout and "postgresql://" in out.stdout
+
+
+def test_a_second_process_on_one_sqlite_study_is_refused(tmp_path):
+    path = study_file(tmp_path, "lone", pause=2.0, n_trials=6)
+    url = f"sqlite:///{tmp_path / 'lone.db'}"
+    assert cli("study", "create", str(path), "--storage", url, cwd=tmp_path).returncode == 0
+    first = subprocess.Popen(
+        [sys.executable, "-m", "autoprune.cli", "search", str(path), "--storage", url],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while not any(t.state == TrialState.RUNNING for t in trials(url, "lone")):
+            assert time.time() < deadline and first.poll() is None, "the first search made no progress"
+            time.sleep(0.1)
+        second = cli("search", str(path), "--storage", url, cwd=tmp_path)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2 and "another process" in second.stdout and "journal" in second.stdout
 
 
 def test_search_with_local_workers_on_a_journal_file(tmp_path):

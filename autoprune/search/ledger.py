@@ -89,6 +89,19 @@ def make_storage(
     )
 
 
+def load_existing(storage: str | BaseStorage, study_name: str) -> optuna.Study:
+    """An existing study (a worker joins, export/show read); a missing one says to run `autoprune study create`."""
+    store = make_storage(storage, study_name, create=False)
+    where = redact(storage) if isinstance(storage, str) else type(storage).__name__
+    try:
+        return optuna.load_study(study_name=study_name, storage=store)
+    except (KeyError, optuna.exceptions.StorageInternalError):  # no such study / a database without Optuna's tables
+        raise StorageError(
+            f"no study named {study_name!r} in {where}: create it once with `autoprune study create STUDY.yaml "
+            "--storage URL` (or autoprune.create_study) before starting workers"
+        ) from None
+
+
 def _driver(url: str) -> str:
     """``postgresql://`` with the PostgreSQL driver that is installed (SQLAlchemy 2.1 assumes psycopg 3)."""
     import importlib.util
@@ -120,8 +133,16 @@ def _check_database(url: str, connect_args: dict, create: bool) -> None:
         )
 
 
+def _unwrapped(storage: BaseStorage) -> BaseStorage:
+    """The storage itself: a study opened on an RDB storage holds it inside Optuna's caching wrapper."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
+
+
 def storage_file(storage: BaseStorage) -> Path | None:
     """The file a SQLite or journal storage lives in (None for a database server)."""
+    storage = _unwrapped(storage)
     url = getattr(storage, "url", "") or ""
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///"))
@@ -130,7 +151,7 @@ def storage_file(storage: BaseStorage) -> Path | None:
 
 
 def is_sqlite(storage: BaseStorage) -> bool:
-    return (getattr(storage, "url", "") or "").startswith("sqlite:")
+    return (getattr(_unwrapped(storage), "url", "") or "").startswith("sqlite:")
 
 
 def uncounted(t: optuna.trial.FrozenTrial) -> bool:

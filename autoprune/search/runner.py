@@ -29,9 +29,9 @@ from .ledger import (
     heartbeat,
     is_sqlite,
     live_worker_elsewhere,
+    load_existing,
     make_storage,
     recover,
-    redact,
 )
 from .strategy import BATCH, SearchContext, Strategy, get_strategy, is_duplicate
 
@@ -206,17 +206,19 @@ def _open(
     # raises for an unreachable budget; a latency budget is checked once its table is known
     projector = None if needs_table else Projector(space, budget, max_sparsity)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = make_storage(storage, study_name, create=not join)
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if join:
-            study = _load(store, study_name, storage)
+            study = load_existing(storage, study_name)
         else:
             study = optuna.create_study(
-                storage=store, study_name=study_name, directions=directions, load_if_exists=True
+                storage=make_storage(storage, study_name),
+                study_name=study_name,
+                directions=directions,
+                load_if_exists=True,
             )
-    if is_sqlite(store) and (other := live_worker_elsewhere(study)) is not None:
+    if is_sqlite(study._storage) and (other := live_worker_elsewhere(study)) is not None:
         raise StorageError(
             f"study {study_name!r} is being searched by another process (pid {other['pid']}) on SQLite, which "
             "supports one process: use a journal file (journal:NAME.journal) or PostgreSQL for several workers"
@@ -239,20 +241,6 @@ def _open(
     ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective, base_seed=seed)
     study.sampler = strat.sampler(ctx)
     return study, strat, ctx
-
-
-def _load(store: optuna.storages.BaseStorage, study_name: str, url: Any) -> optuna.Study:
-    where = redact(url) if isinstance(url, str) else type(url).__name__
-    try:
-        return optuna.load_study(study_name=study_name, storage=store)
-    except KeyError:
-        pass
-    except optuna.exceptions.StorageInternalError:  # a database without Optuna's tables
-        pass
-    raise ValueError(
-        f"no study named {study_name!r} in {where}: create it once with `autoprune study create STUDY.yaml "
-        f"--storage URL` (or autoprune.create_study) before starting workers"
-    )
 
 
 def _discard(trials: list[optuna.trial.FrozenTrial], trial_id: int, strat: Strategy) -> str | None:
