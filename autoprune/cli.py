@@ -120,6 +120,7 @@ def _search_options(config: StudyFile) -> dict[str, Any]:
         multi_objective=config.multi_objective,
         max_sparsity=config.max_sparsity,
         strategy_options=config.strategy.options,
+        verify_latency=config.verify_latency,
     )
 
 

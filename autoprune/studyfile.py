@@ -118,6 +118,7 @@ class StudyFile(_Strict):
     exclude: list[str] = Field(default_factory=list)
     max_sparsity: float = Field(default=0.95, gt=0, lt=1)
     multi_objective: bool = False
+    verify_latency: bool = True
     threads: int | None = Field(default=None, gt=0)
     export: ExportSpec = Field(default_factory=ExportSpec)
 

@@ -95,6 +95,7 @@ def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe
 
 def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int) -> None:
     """Start the search script and SIGKILL it once ``completed`` trials are done and another is RUNNING."""
+    import datetime
     import os
     import signal
     import subprocess
@@ -117,7 +118,12 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
             trials = optuna.load_study(study_name="digits", storage=url).trials
         except KeyError:
             trials = []
-        if sum(t.state == TrialState.COMPLETE for t in trials) >= completed and trials[-1].state == TrialState.RUNNING:
+        # Kill early in a trial (it runs at least ``pause`` seconds), so it cannot complete while the signal is sent.
+        if (
+            sum(t.state == TrialState.COMPLETE for t in trials) >= completed
+            and trials[-1].state == TrialState.RUNNING
+            and (datetime.datetime.now() - trials[-1].datetime_start).total_seconds() < pause / 2
+        ):
             break
         time.sleep(0.05)
     else:

@@ -213,9 +213,12 @@ def test_latency_budget_search_records_and_caches_the_table(space, table, evalua
     target = fraction * cached["full_ms"]
     trials = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(trials) == 3
-    for t in trials:
-        assert t.user_attrs["latency_ms"] <= target + 1e-9
+    for t in trials:  # projected onto the budget as calibrated by the measurements before it
+        assert t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= target + 1e-9
         assert t.user_attrs["macs"] < space.macs({})
+        assert t.constraints == {
+            "latency_ms": pytest.approx((t.user_attrs["measured_latency_ratio"] - fraction) * table.full_ms)
+        }
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cached latency table should have been reused")
@@ -226,7 +229,7 @@ def test_latency_budget_search_records_and_caches_the_table(space, table, evalua
     )
     assert study.user_attrs["latency_table"] == cached
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
-    assert all(t.user_attrs["latency_ms"] <= target + 1e-9 for t in study.trials)
+    assert all(t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= target + 1e-9 for t in study.trials)
 
 
 def test_study_file_accepts_a_latency_budget():
@@ -236,3 +239,137 @@ def test_study_file_accepts_a_latency_budget():
         {"study_name": "s", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]}, "budget": {"latency": 0.6}}
     )
     assert ap.Budget(**config.budget.model_dump(exclude_none=True)).latency == 0.6
+
+
+# -- a latency budget is met as measured, whatever the table says ------------------------------------------------
+
+
+class MacsTable(LatencyTable):
+    """A table that is wrong by construction: it predicts latency proportional to MACs.
+
+    On CPU at batch 1 a conv's time hardly falls until its channel count drops a
+    whole vector block, so this table under-predicts lightly pruned networks badly.
+    """
+
+    def predict(self, plan):
+        return self.full_ms * self.space.macs(plan) / self.space.macs({})
+
+
+@pytest.fixture(scope="module")
+def conv_space():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 10),
+    ).eval()
+    return ap.PruningSpace(model, torch.zeros(1, 3, 32, 32), round_to=8)
+
+
+@pytest.fixture(scope="module")
+def macs_table(conv_space):
+    real = LatencyTable.build(conv_space, min_run_time=0.005)
+    return MacsTable(conv_space, real.layers, real.full_ms, real.info)
+
+
+def _agreement(space):
+    """Score = minus the squared distance of the pruned model's outputs from the original's (no data needed)."""
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = space.model(x)
+
+    def evaluate(model):
+        with torch.no_grad():
+            return -float(((model(x) - ref) ** 2).mean())
+
+    return evaluate
+
+
+def test_measure_times_a_network_beside_the_unpruned_one(conv_space, macs_table):
+    plan = {g.name: 0.5 for g in conv_space.groups}
+    pruned = conv_space.apply(plan)
+    m = macs_table.measure(pruned)
+    assert m["ms"] > 0 and m["full_ms"] > 0
+    assert 0.1 < m["ratio"] < 0.9  # half the channels of every conv: clearly faster, never free
+    assert [p.shape for p in pruned.parameters()] == [p.shape for p in conv_space.apply(plan).parameters()]
+    with pytest.raises(ValueError, match="rounds"):
+        macs_table.measure(pruned, rounds=0)
+
+
+def test_netadapt_walks_on_until_the_measured_latency_meets_the_budget(conv_space, macs_table, tmp_path):
+    """The table calls a network done long before it is; NetAdapt keeps walking until the measurement agrees."""
+    study = ap.search(
+        conv_space,
+        _agreement(conv_space),
+        ap.Budget(latency=0.6),
+        strategy="netadapt",
+        strategy_options={"initial_reduction": 0.1},
+        n_trials=60,
+        storage=f"sqlite:///{tmp_path / 'na.db'}",
+        latency_table=macs_table,
+    )
+    from autoprune.search.strategies.netadapt import NetAdapt
+
+    ctx_study = study
+    projector = Projector(conv_space, ap.Budget(latency=0.6), latency_table=macs_table)
+    from autoprune.search.strategy import SearchContext
+
+    st = NetAdapt().replay(SearchContext(conv_space, projector, ctx_study, 0, 0.95))
+    assert st.done
+    picked = [study.trials[n] for n in st.history]
+    target = 0.6 * macs_table.full_ms
+    assert picked[-1].user_attrs["measured_latency_ratio"] <= 0.6  # done only once measured under the budget
+    assert all(t.user_attrs["measured_latency_ratio"] > 0.6 for t in picked[:-1])
+    # The table said "done" at an earlier network, which measured over the budget: the walk went on from there,
+    # aiming lower (the target scaled by that network's prediction over its measurement).
+    fooled = [i for i, t in enumerate(picked) if t.user_attrs["latency_ms"] <= target]
+    assert fooled and fooled[0] < len(picked) - 1
+    assert st.target < target
+    # Every candidate's latency constraint is its measurement, so the best trial meets the budget as measured.
+    assert study.best_trial.user_attrs["measured_latency_ratio"] <= 0.6
+
+
+def test_projection_is_calibrated_by_the_measurements(conv_space, macs_table, tmp_path):
+    study = ap.search(
+        conv_space,
+        _agreement(conv_space),
+        ap.Budget(latency=0.6),
+        strategy="random",
+        n_trials=8,
+        storage=f"sqlite:///{tmp_path / 'rnd.db'}",
+        latency_table=macs_table,
+    )
+    trials = [t for t in study.trials if t.state.name == "COMPLETE"]
+    full = macs_table.full_ms
+    assert trials[0].user_attrs["latency_scale"] == 1.0
+    for k, t in enumerate(trials):
+        # the scale each trial was projected with: the 0.75 quantile of the table's bias on the trials before it
+        bias = [u.user_attrs["measured_latency_ratio"] / (u.user_attrs["latency_ms"] / full) for u in trials[:k]]
+        expected = float(np.quantile(bias, Projector.CALIBRATION_QUANTILE)) if bias else 1.0
+        assert t.user_attrs["latency_scale"] == pytest.approx(expected)
+        assert t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= 0.6 * full + 1e-9
+    assert trials[-1].user_attrs["latency_scale"] > 1.2  # the table under-predicts; the projection learned it
+    assert study.best_trial.user_attrs["measured_latency_ratio"] <= 0.6
+
+
+def test_verify_latency_false_trusts_the_table(conv_space, macs_table, tmp_path):
+    study = ap.search(
+        conv_space,
+        _agreement(conv_space),
+        ap.Budget(latency=0.6),
+        strategy="random",
+        n_trials=2,
+        storage=f"sqlite:///{tmp_path / 'trust.db'}",
+        latency_table=macs_table,
+        verify_latency=False,
+    )
+    for t in study.trials:
+        assert "measured_latency_ratio" not in t.user_attrs
+        assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 0.6 * macs_table.full_ms)}

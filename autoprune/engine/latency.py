@@ -291,6 +291,7 @@ class LatencyTable:
         self.layers = layers
         self.full_ms = float(full_ms)
         self.info = dict(info)
+        self._reference: torch.nn.Module | None = None  # the unpruned model on the device, for measure()
         self._compile()
         self.constant_ms = 0.0
         self.constant_ms = self.full_ms - self.predict({})
@@ -522,6 +523,37 @@ class LatencyTable:
             raise ValueError("this latency table's ops do not match the space's traced ops; rebuild it")
         info = {k: v for k, v in data.items() if k not in ("format", "fingerprint", "full_ms", "constant_ms", "layers")}
         return cls(space, [dict(lay) for lay in data["layers"]], data["full_ms"], info)
+
+    def measure(self, model: torch.nn.Module, *, rounds: int = 3, min_run_time: float = 0.1) -> dict[str, float]:
+        """Measure ``model`` (a network built from this table's space) beside the unpruned model.
+
+        Both run under the table's own conditions (device, threads, batch size), in
+        ``rounds`` interleaved rounds with alternating order, so slow drift of a shared
+        machine hits both alike. Returns the medians ``ms`` and ``full_ms`` and
+        ``ratio``, the median of the per-round ratios: the measured fraction of the
+        full latency, comparable with a fractional latency budget. ``model`` is not
+        changed (a copy is timed).
+        """
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        device = torch.device(self.info.get("device", "cpu"))
+        if self._reference is None:
+            self._reference = copy.deepcopy(self.space.model).eval().to(device)
+        pruned = copy.deepcopy(model).eval().to(device)
+        inputs = tuple(
+            x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(self.space, self.info.get("batch_size"))
+        )
+        times = np.zeros((rounds, 2))
+        with _threads(int(self.info.get("threads", 1))), torch.inference_mode():
+            for r in range(rounds):
+                for i in (0, 1) if r % 2 == 0 else (1, 0):
+                    net = (self._reference, pruned)[i]
+                    times[r, i] = median_ms(lambda: net(*inputs), min_run_time=min_run_time, device=device)
+        return {
+            "ms": float(np.median(times[:, 1])),
+            "full_ms": float(np.median(times[:, 0])),
+            "ratio": float(np.median(times[:, 1] / times[:, 0])),
+        }
 
     def matches(self, *, device: str | torch.device = "cpu", threads: int = 1, batch_size: int | None = None) -> bool:
         """True if the table was measured on this machine's ``device`` with these threads and batch size."""

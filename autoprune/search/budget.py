@@ -26,8 +26,10 @@ class Budget:
 
     ``Budget(macs=0.5)`` keeps at most half the MACs; ``Budget(params=2e6)`` at most two
     million parameters; ``Budget(latency=0.6)`` at most 60% of the full model's latency
-    predicted by a :class:`~autoprune.engine.latency.LatencyTable` (``latency=3.5``: 3.5 ms);
-    several limits apply together.
+    (``latency=3.5``: 3.5 ms); several limits apply together. A
+    :class:`~autoprune.engine.latency.LatencyTable` predicts latency to propose and
+    project plans; the search then measures each candidate under the table's
+    conditions and holds it to the budget as measured (``search(verify_latency=True)``).
     """
 
     macs: float | None = None
@@ -69,7 +71,16 @@ class Projector:
     """Projects plans of one space onto one budget; fails early if the budget is unreachable.
 
     A latency budget uses ``latency_table`` (built with ``LatencyTable.build(space)`` when not given).
+    With ``verify_latency`` (the default) the search measures every candidate beside the
+    unpruned model and judges the latency limit by that measurement
+    (:meth:`measured_excess`); :meth:`calibrate` then scales the table's predictions by
+    what the measurements so far say about its bias, so that projected plans land
+    under the budget as measured, not only as predicted.
     """
+
+    #: the quantile of the measured/predicted latency ratios that :meth:`calibrate` scales predictions by:
+    #: about three in four candidates projected after calibration meet the budget when measured
+    CALIBRATION_QUANTILE = 0.75
 
     def __init__(
         self,
@@ -77,6 +88,7 @@ class Projector:
         budget: Budget | None,
         max_sparsity: float = 0.95,
         latency_table: LatencyTable | None = None,
+        verify_latency: bool = True,
     ) -> None:
         self.space = space
         self.budget = budget
@@ -86,6 +98,8 @@ class Projector:
             latency_table = LatencyTable.build(space)
         self.latency_table = latency_table
         self.targets = budget.targets(space, latency_table) if budget is not None else {}
+        self.verify_latency = bool(verify_latency) and "latency_ms" in self.targets
+        self.latency_scale = 1.0  # measured / predicted latency, from calibrate(); 1 until something is measured
         if budget is not None:
             smallest = {g: max_sparsity for g in self.names}
             for metric, target in self.targets.items():
@@ -101,16 +115,46 @@ class Projector:
                     )
 
     def cost(self, metric: str, plan: Mapping[str, float]) -> float:
+        """The plan's cost as the projection sees it: latency is the table's prediction times ``latency_scale``."""
         if metric == "latency_ms":
-            return self.latency_table.predict(plan)
+            return self.latency_table.predict(plan) * self.latency_scale
         return self.space.macs(plan) if metric == "macs" else self.space.params(plan)
 
     def costs(self, plan: Mapping[str, float]) -> dict[str, float]:
-        """Analytic MACs and parameters, and the predicted ``latency_ms`` when there is a latency table."""
+        """Analytic MACs and parameters, and the table's (uncalibrated) ``latency_ms`` when there is a table."""
         out: dict[str, float] = {"macs": self.space.macs(plan), "params": self.space.params(plan)}
         if self.latency_table is not None:
             out["latency_ms"] = self.latency_table.predict(plan)
         return out
+
+    def measured_excess(self, measured: Mapping[str, float]) -> float:
+        """How far a measured candidate (:meth:`LatencyTable.measure`) is over the latency limit, in ms (<= 0: meets).
+
+        A fractional budget compares the measured fraction of the unpruned model's latency
+        (measured beside it, so machine drift cancels) and reports it in the table's
+        milliseconds; an absolute budget compares the measured milliseconds.
+        """
+        fraction = self.budget.latency
+        if fraction <= 1:
+            return (measured["ratio"] - fraction) * self.latency_table.full_ms
+        return measured["ms"] - self.targets["latency_ms"]
+
+    def calibrate(self, samples: list[tuple[float, Mapping[str, float]]]) -> float:
+        """Set ``latency_scale`` from ``(predicted_ms, measurement)`` pairs of evaluated candidates; returns it.
+
+        Each pair gives the table's bias on one network (measured fraction over
+        predicted fraction; milliseconds for an absolute budget); the scale is their
+        :attr:`CALIBRATION_QUANTILE`, so that later projections aim under the budget as measured.
+        """
+        full = self.latency_table.full_ms if self.latency_table is not None else 1.0
+        fraction = self.budget is not None and self.budget.latency is not None and self.budget.latency <= 1
+        bias = [
+            (m["ratio"] / (p / full)) if fraction else m["ms"] / p
+            for p, m in samples
+            if p > 0 and m.get("ratio", 0) > 0
+        ]
+        self.latency_scale = float(np.quantile(bias, self.CALIBRATION_QUANTILE)) if bias else 1.0
+        return self.latency_scale
 
     def fits(self, plan: Mapping[str, float]) -> bool:
         return all(self.cost(m, plan) <= t for m, t in self.targets.items())

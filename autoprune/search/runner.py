@@ -60,6 +60,7 @@ def search(
     latency_table: LatencyTable | None = None,
     join: bool = False,
     heartbeat_interval: float = 10.0,
+    verify_latency: bool = True,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
 
@@ -75,7 +76,13 @@ def search(
 
     A latency budget uses ``latency_table``, else the table cached in the study
     (if built for this model, device and thread count), else one built now
-    (1 thread, the example inputs' batch) and cached in the study.
+    (1 thread, the example inputs' batch) and cached in the study. The table's
+    predictions propose and project plans; with ``verify_latency`` (the default)
+    every candidate is also measured beside the unpruned model under the table's
+    conditions (``measured_latency_ms``, ``measured_full_ms``,
+    ``measured_latency_ratio``), its latency constraint is that measurement, and
+    the projection is calibrated by the measurements so far, so the best trial
+    meets the budget as measured. ``verify_latency=False`` trusts the table.
     """
     if not callable(evaluator):
         raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
@@ -98,6 +105,7 @@ def search(
         strategy_options=strategy_options,
         latency_table=latency_table,
         join=join,
+        verify_latency=verify_latency,
     )
     if not join:
         strat.setup(ctx)
@@ -111,6 +119,8 @@ def search(
         trials = study.get_trials(deepcopy=False)
         if recover(study, liveness, trials):
             continue
+        if ctx.projector.verify_latency:
+            ctx.projector.calibrate(_latency_samples(trials))
         done, running = counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
         if done >= n_trials or strat.finished(ctx):
             break
@@ -156,6 +166,7 @@ def create_study(
     max_sparsity: float = 0.95,
     strategy_options: Mapping[str, Any] | None = None,
     latency_table: LatencyTable | None = None,
+    verify_latency: bool = True,
 ) -> optuna.Study:
     """Create a search's study once, before its workers join it (``search(..., join=True)``).
 
@@ -176,6 +187,7 @@ def create_study(
         strategy_options=strategy_options,
         latency_table=latency_table,
         join=False,
+        verify_latency=verify_latency,
     )
     strat.setup(ctx)
     return study
@@ -194,7 +206,8 @@ def _open(
     max_sparsity,  # noqa: ANN001
     strategy_options,
     latency_table,
-    join,  # noqa: ANN001
+    join,
+    verify_latency,  # noqa: ANN001
 ) -> tuple[optuna.Study, Strategy, SearchContext]:
     """Validate the arguments, open (or create) the study, check its configuration, make the context."""
     if not 0 < max_sparsity < 1:
@@ -227,10 +240,16 @@ def _open(
         table = latency_table or _cached_table(study, space)
         if table is None and join:
             raise ValueError(f"study {study_name!r} has no latency table for this model: run `autoprune study create`")
-        projector = Projector(space, budget, max_sparsity, latency_table=table or LatencyTable.build(space))
+        projector = Projector(
+            space,
+            budget,
+            max_sparsity,
+            latency_table=table or LatencyTable.build(space),
+            verify_latency=verify_latency,
+        )
         if study.user_attrs.get("latency_table") != projector.latency_table.to_dict():
             study.set_user_attr("latency_table", projector.latency_table.to_dict())
-    _check_config(study, space, budget, strat, criterion, directions, max_sparsity)
+    _check_config(study, space, budget, strat, criterion, directions, max_sparsity, projector.verify_latency)
     if multi_objective and not join:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -286,12 +305,20 @@ def _run_trial(
     if "latency_ms" in costs:
         trial.set_user_attr("latency_ms", costs["latency_ms"])
     for metric, target in projector.targets.items():
-        trial.set_constraint(metric, float(costs[metric] - target))
+        if not (metric == "latency_ms" and projector.verify_latency):  # that one is measured below
+            trial.set_constraint(metric, float(costs[metric] - target))
     t0 = time.perf_counter()
     try:
         model = strat.build(ctx, trial, plan)
         if model is None:
             model = space.apply(plan, criterion, calibration=calibration)
+        if projector.verify_latency:
+            measured = projector.latency_table.measure(model)
+            trial.set_user_attr("measured_latency_ms", measured["ms"])
+            trial.set_user_attr("measured_full_ms", measured["full_ms"])
+            trial.set_user_attr("measured_latency_ratio", measured["ratio"])
+            trial.set_user_attr("latency_scale", projector.latency_scale)
+            trial.set_constraint("latency_ms", projector.measured_excess(measured))
         score, extras = normalize_result(evaluator(model))
         strat.after_evaluation(ctx, trial, model)
     except Exception as err:  # noqa: BLE001 - a failing evaluator fails its trial, not the study
@@ -306,6 +333,18 @@ def _run_trial(
     return TrialState.COMPLETE, ([score, float(costs["macs"])] if multi_objective else [score])
 
 
+def _latency_samples(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, dict[str, float]]]:
+    """(predicted ms, measurement) of every completed trial whose latency was measured."""
+    return [
+        (
+            t.user_attrs["latency_ms"],
+            {"ms": t.user_attrs["measured_latency_ms"], "ratio": t.user_attrs["measured_latency_ratio"]},
+        )
+        for t in trials
+        if t.state == TrialState.COMPLETE and "measured_latency_ratio" in t.user_attrs
+    ]
+
+
 def _cached_table(study: optuna.Study, space: PruningSpace) -> LatencyTable | None:
     """The study's latency table, if it was built for this model on this device with one thread."""
     data = study.user_attrs.get("latency_table")
@@ -318,7 +357,7 @@ def _cached_table(study: optuna.Study, space: PruningSpace) -> LatencyTable | No
     return table if table.matches(device="cpu", threads=1, batch_size=None) else None
 
 
-def _check_config(study, space, budget, strat, criterion, directions, max_sparsity) -> None:  # noqa: ANN001
+def _check_config(study, space, budget, strat, criterion, directions, max_sparsity, verify) -> None:  # noqa: ANN001
     """Record the search's configuration in the study, or check it matches on resume."""
     config = {
         "space": space_fingerprint(space),
@@ -329,6 +368,7 @@ def _check_config(study, space, budget, strat, criterion, directions, max_sparsi
         "criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
         "directions": directions,
         "max_sparsity": max_sparsity,
+        "verify_latency": verify,
     }
     old = study.user_attrs.get("autoprune")
     if old is None:

@@ -7,7 +7,15 @@ network*; each proposal is built, short-term fine-tuned (the evaluator's
 ``finetune_steps``) and scored. The best proposal — highest score, or least score
 drop per unit of resource saved (``pick="min_drop_per_resource"``, the paper's
 variant) — becomes the current network, fine-tuned weights included, and the
-next iteration starts from it. The search ends when the budget is met.
+next iteration starts from it. The search ends when every limit of the budget is
+met. The resource walked down is the budget's latency if it has one, else its MACs,
+else its parameters (or ``resource=``).
+
+Under a latency budget the table's prediction proposes, but the search ends only
+when the picked network meets the budget *as measured* (the runner measures every
+candidate beside the unpruned model, ``verify_latency``). A picked network the
+table put under the budget that measures over it lowers the latency target by the
+ratio of its prediction to its measurement, and the walk goes on.
 
 Everything is re-derived from the study: proposals are enqueued trials tagged with
 their iteration; the picked proposal's fine-tuned weights are a study artifact
@@ -33,6 +41,12 @@ from ..ledger import storage_file, uncounted
 from ..strategy import SearchContext, Strategy, enqueue_batch
 
 TAG = "netadapt"
+RESOURCES = ("macs", "params", "latency_ms")
+MEASURED = "measured_latency_ratio"  # set by the runner on every candidate under a verified latency budget
+
+
+def _measurement(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+    return {"ms": t.user_attrs["measured_latency_ms"], "ratio": t.user_attrs[MEASURED]}
 
 
 @dataclass
@@ -43,6 +57,7 @@ class _State:
     weights: str | None
     score: float | None
     resource: float
+    target: float  # the resource's target: the budget's, lowered where measurements showed the table optimistic
     pending: bool = False
     done: bool = False
     history: list[int] = field(default_factory=list)
@@ -59,14 +74,14 @@ class NetAdapt(Strategy):
 
     def __init__(
         self,
-        resource: str = "macs",
+        resource: str | None = None,
         initial_reduction: float = 0.025,
         decay: float = 0.96,
         pick: str = "max_score",
         criterion: str = "l2",
         artifact_dir: str | None = None,
     ) -> None:
-        if resource not in ("macs", "params", "latency_ms"):
+        if resource not in (None, *RESOURCES):
             raise ValueError(f"resource must be 'macs', 'params' or 'latency_ms', got {resource!r}")
         if pick not in ("max_score", "min_drop_per_resource"):
             raise ValueError(f"pick must be 'max_score' or 'min_drop_per_resource', got {pick!r}")
@@ -81,20 +96,48 @@ class NetAdapt(Strategy):
         self._base: dict[str, Any] = {}
 
     # -- state, re-derived from the study --------------------------------------------
-    def _cost(self, ctx: SearchContext, plan: dict[str, float]) -> float:
-        return float(ctx.projector.costs(plan)[self.resource])
+    def setup(self, ctx: SearchContext) -> None:
+        self._resource(ctx)  # a resource the budget does not limit is an error before anything runs
 
-    def _target(self, ctx: SearchContext) -> float:
-        return float(ctx.projector.targets.get(self.resource, 0.0))
+    def _resource(self, ctx: SearchContext) -> str:
+        targets = ctx.projector.targets
+        if self.resource is None:
+            found = next((r for r in ("latency_ms", "macs", "params") if r in targets), None)
+            if found is None:
+                raise ValueError("NetAdapt walks down to a budget: give one, e.g. Budget(macs=0.5)")
+            return found
+        if self.resource not in targets:
+            raise ValueError(
+                f"NetAdapt's resource {self.resource!r} has no limit in the budget ({', '.join(targets) or 'none'}): "
+                "add it to the budget or leave resource unset (the budget's latency, else MACs, else params)"
+            )
+        return self.resource
+
+    def _cost(self, ctx: SearchContext, plan: dict[str, float]) -> float:
+        return float(ctx.projector.costs(plan)[self._resource(ctx)])
+
+    def _met(self, ctx: SearchContext, st: _State, picked: optuna.trial.FrozenTrial | None) -> bool:
+        """Every limit of the budget met by the current network; latency as measured, when it was."""
+        resource, costs = self._resource(ctx), ctx.projector.costs(st.plan)
+        for metric, limit in ctx.projector.targets.items():
+            if metric == "latency_ms" and picked is not None and MEASURED in picked.user_attrs:
+                if ctx.projector.measured_excess(_measurement(picked)) > 0:
+                    return False
+            elif costs[metric] > (st.target if metric == resource else limit):
+                return False
+        return True
 
     def replay(self, ctx: SearchContext) -> _State:
         trials = [t for t in ctx.study.get_trials(deepcopy=False) if TAG in t.user_attrs]
         full = {n: 0.0 for n in ctx.names}
-        st = _State(0, full, None, None, None, self._cost(ctx, full))
+        resource = self._resource(ctx)
+        limit = float(ctx.projector.targets[resource])
+        st = _State(0, full, None, None, None, self._cost(ctx, full), limit)
+        picked = None
         while True:
             props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration and not uncounted(t)]
             live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
-            if st.resource <= self._target(ctx):
+            if self._met(ctx, st, picked):
                 st.done = True
                 return st
             if not props:
@@ -116,6 +159,11 @@ class NetAdapt(Strategy):
             st.resource = self._cost(ctx, st.plan)
             st.history.append(best.number)
             st.iteration += 1
+            picked = best
+            if resource == "latency_ms" and MEASURED in best.user_attrs:
+                # The table's optimism on this network, in its own ms: aim that much lower from now on.
+                measured = ctx.projector.measured_excess(_measurement(best)) + limit
+                st.target = min(st.target, limit * st.resource / measured) if measured > 0 else st.target
 
     def _merit(self, ctx: SearchContext, st: _State, t: optuna.trial.FrozenTrial) -> float:
         if self.pick == "max_score" or st.score is None:
@@ -140,9 +188,9 @@ class NetAdapt(Strategy):
             return "ask"
         if st.pending:
             return "wait"  # the rest of this iteration is being evaluated by other workers
-        target = max(
-            st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay**st.iteration, self._target(ctx)
-        )
+        step = st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay**st.iteration
+        # Down to the target, or on past it while another limit (or the measured latency) is still unmet.
+        target = max(step, st.target) if st.resource > st.target else step
         proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
         if not proposals:
             return "stop"
