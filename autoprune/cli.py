@@ -357,7 +357,35 @@ def _best_text(study: optuna.Study) -> str:
     return f"{max(t.values[0] for t in trials):.4f}"
 
 
-def _export_best(setup: Setup, study: optuna.Study, out: Path, trial_number: int | None) -> Path:
+def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> dict[str, float]:
+    """Fine-tune the exported network on the training split (the long-term fine-tune); test accuracy before/after."""
+    from .evaluators import AccuracyEvaluator
+
+    config = setup.config
+    if config.evaluator.name != "accuracy":
+        raise ValueError(
+            f"fine-tuning before export trains on the accuracy evaluator's data; this study's evaluator is "
+            f"{config.evaluator.name!r}: export without --finetune and fine-tune the network yourself"
+        )
+    splits = config.data.splits()
+    options = {k: v for k, v in config.evaluator.kwargs.items() if k in ("device", "threads", "bf16", "channels_last")}
+    recalibrate = int(config.evaluator.kwargs.get("bn_recalibration_batches", 10))
+    test = AccuracyEvaluator(splits.test, train_data=splits.train, bn_recalibration_batches=recalibrate, **options)
+    before = test(model)["accuracy"]
+    console.print(f"fine-tuning {steps} steps (lr {lr}) on {len(splits.train)} training samples ...")
+    train = dict(train_data=splits.train, finetune_steps=steps, finetune_lr=lr, bn_recalibration_batches=0)
+    tuned = AccuracyEvaluator(splits.test, **train, **options)(model)
+    console.print(f"test accuracy {before:.2%} -> {tuned['accuracy']:.2%}")
+    return {"steps": steps, "lr": lr, "test_before": before, "test_after": tuned["accuracy"]}
+
+
+def _export_best(
+    setup: Setup,
+    study: optuna.Study,
+    out: Path,
+    trial_number: int | None,
+    finetune_steps: int | None = None,
+) -> Path:
     import autoprune as ap
 
     if trial_number is None:
@@ -374,15 +402,22 @@ def _export_best(setup: Setup, study: optuna.Study, out: Path, trial_number: int
         from .search.strategies.netadapt import trial_network
 
         space, criterion = trial_network(space, study, trial)
+    steps = setup.config.export.finetune_steps if finetune_steps is None else finetune_steps
+    extra = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
+    model = None
+    if steps:
+        model = space._build(space.keep_indices(plan, criterion))
+        extra["finetune"] = _finetune(setup, model, steps, setup.config.export.finetune_lr)
     where = ap.export(
         space,
         plan,
         out,
         criterion=criterion,
+        model=model,
         score=trial.values[0],
         budget=budget,
         formats=tuple(setup.config.export.formats),
-        extra={"study": study.study_name, "trial": trial.number, "storage": setup.storage},
+        extra=extra,
     )
     _store_artifacts(study, trial, where, setup)
     return where
@@ -422,13 +457,20 @@ def export(
     study: Optional[str] = typer.Option(None, "--study", help="Study name."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number (default: the best)."),
+    finetune: Optional[int] = typer.Option(
+        None,
+        "--finetune",
+        min=0,
+        help="Fine-tune the network this many SGD steps on the training split before writing it "
+        "(default: the study file's export.finetune_steps); prints test accuracy before and after.",
+    ),
 ) -> None:
     """Export a trial's pruned structure (default: the best) as structure.json + weights.pt."""
     try:
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
         s = _load(config.study_name, url)
-        where = _export_best(setup, s, out, trial)
+        where = _export_best(setup, s, out, trial, finetune)
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
     console.print(f"exported to [bold]{where}[/]")

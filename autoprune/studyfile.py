@@ -99,8 +99,12 @@ class BudgetSpec(_Strict):
 
 
 class ExportSpec(_Strict):
+    """Where the best structure goes; ``finetune_steps`` > 0 fine-tunes it first on the training split."""
+
     dir: str | None = None
     formats: list[Literal["pt2", "onnx"]] = Field(default_factory=list)
+    finetune_steps: int = Field(default=0, ge=0)
+    finetune_lr: float = Field(default=0.01, gt=0)
 
 
 class StudyFile(_Strict):

@@ -78,6 +78,17 @@ def test_search_show_export_round_trip(tmp_path):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     assert ap.count_macs(model, torch.zeros(1, 1, 8, 8)) == structure["macs"]
 
+    # The long-term fine-tune: the same network, trained on the training split before it is written.
+    tuned_dir = tmp_path / "trial1-tuned"
+    tuned = _cli("export", str(study), "--out", str(tuned_dir), "--trial", "1", "--finetune", "60", cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr + tuned.stdout
+    record = json.loads((tuned_dir / "structure.json").read_text())
+    assert record["layers"] == structure["layers"] and record["finetune"]["steps"] == 60
+    assert record["finetune"]["test_after"] > record["finetune"]["test_before"] + 0.05  # an untrained network learns
+    assert "test accuracy" in tuned.stdout
+    tuned_model = ap.load(tuned_dir, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
+    assert not torch.equal(tuned_model.fc.weight, model.fc.weight)
+
 
 def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     bad = tmp_path / "bad.yaml"

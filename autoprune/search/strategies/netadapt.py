@@ -14,8 +14,8 @@ else its parameters (or ``resource=``).
 Under a latency budget the table's prediction proposes, but the search ends only
 when the picked network meets the budget *as measured* (the runner measures every
 candidate beside the unpruned model, ``verify_latency``). A picked network the
-table put under the budget that measures over it lowers the latency target by the
-ratio of its prediction to its measurement, and the walk goes on.
+table put under its target that measures over the budget sets the target to its
+prediction times budget/measurement, and the walk goes on.
 
 Everything is re-derived from the study: proposals are enqueued trials tagged with
 their iteration; the picked proposal's fine-tuned weights are a study artifact
@@ -160,10 +160,12 @@ class NetAdapt(Strategy):
             st.history.append(best.number)
             st.iteration += 1
             picked = best
-            if resource == "latency_ms" and MEASURED in best.user_attrs:
-                # The table's optimism on this network, in its own ms: aim that much lower from now on.
+            if resource == "latency_ms" and MEASURED in best.user_attrs and st.resource <= st.target:
+                # The table put this network under the budget; if it measures over, the table is optimistic here
+                # (only here: its bias changes sign along the way): aim lower by its predicted/measured ratio.
                 measured = ctx.projector.measured_excess(_measurement(best)) + limit
-                st.target = min(st.target, limit * st.resource / measured) if measured > 0 else st.target
+                if measured > limit:
+                    st.target = limit * st.resource / measured
 
     def _merit(self, ctx: SearchContext, st: _State, t: optuna.trial.FrozenTrial) -> float:
         if self.pick == "max_score" or st.score is None:
