@@ -13,6 +13,8 @@ from autoprune.data import load_digits
 from autoprune.engine.latency import LatencyTable, space_fingerprint
 from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector
+from autoprune.search.strategies.netadapt import NetAdapt
+from autoprune.search.strategy import SearchContext
 
 
 @pytest.fixture(scope="module")
@@ -303,25 +305,25 @@ def test_measure_times_a_network_beside_the_unpruned_one(conv_space, macs_table)
         macs_table.measure(pruned, rounds=0)
 
 
+def _search(space, table, path, strategy: str, n_trials: int, **options):
+    return ap.search(
+        space,
+        _agreement(space),
+        ap.Budget(latency=0.6),
+        strategy=strategy,
+        n_trials=n_trials,
+        storage=f"sqlite:///{path}",
+        latency_table=table,
+        **options,
+    )
+
+
 def test_netadapt_walks_on_until_the_measured_latency_meets_the_budget(conv_space, macs_table, tmp_path):
     """The table calls a network done long before it is; NetAdapt keeps walking until the measurement agrees."""
-    study = ap.search(
-        conv_space,
-        _agreement(conv_space),
-        ap.Budget(latency=0.6),
-        strategy="netadapt",
-        strategy_options={"initial_reduction": 0.1},
-        n_trials=60,
-        storage=f"sqlite:///{tmp_path / 'na.db'}",
-        latency_table=macs_table,
-    )
-    from autoprune.search.strategies.netadapt import NetAdapt
-
-    ctx_study = study
+    options = {"initial_reduction": 0.1}
+    study = _search(conv_space, macs_table, tmp_path / "na.db", "netadapt", 60, strategy_options=options)
     projector = Projector(conv_space, ap.Budget(latency=0.6), latency_table=macs_table)
-    from autoprune.search.strategy import SearchContext
-
-    st = NetAdapt().replay(SearchContext(conv_space, projector, ctx_study, 0, 0.95))
+    st = NetAdapt().replay(SearchContext(conv_space, projector, study, 0, 0.95))
     assert st.done
     picked = [study.trials[n] for n in st.history]
     target = 0.6 * macs_table.full_ms
@@ -337,15 +339,7 @@ def test_netadapt_walks_on_until_the_measured_latency_meets_the_budget(conv_spac
 
 
 def test_projection_is_calibrated_by_the_measurements(conv_space, macs_table, tmp_path):
-    study = ap.search(
-        conv_space,
-        _agreement(conv_space),
-        ap.Budget(latency=0.6),
-        strategy="random",
-        n_trials=8,
-        storage=f"sqlite:///{tmp_path / 'rnd.db'}",
-        latency_table=macs_table,
-    )
+    study = _search(conv_space, macs_table, tmp_path / "rnd.db", "random", 8)
     trials = [t for t in study.trials if t.state.name == "COMPLETE"]
     full = macs_table.full_ms
     assert trials[0].user_attrs["latency_scale"] == 1.0
@@ -360,16 +354,7 @@ def test_projection_is_calibrated_by_the_measurements(conv_space, macs_table, tm
 
 
 def test_verify_latency_false_trusts_the_table(conv_space, macs_table, tmp_path):
-    study = ap.search(
-        conv_space,
-        _agreement(conv_space),
-        ap.Budget(latency=0.6),
-        strategy="random",
-        n_trials=2,
-        storage=f"sqlite:///{tmp_path / 'trust.db'}",
-        latency_table=macs_table,
-        verify_latency=False,
-    )
+    study = _search(conv_space, macs_table, tmp_path / "trust.db", "random", 2, verify_latency=False)
     for t in study.trials:
         assert "measured_latency_ratio" not in t.user_attrs
         assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 0.6 * macs_table.full_ms)}

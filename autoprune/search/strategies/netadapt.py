@@ -13,9 +13,11 @@ else its parameters (or ``resource=``).
 
 Under a latency budget the table's prediction proposes, but the search ends only
 when the picked network meets the budget *as measured* (the runner measures every
-candidate beside the unpruned model, ``verify_latency``). A picked network the
-table put under its target that measures over the budget sets the target to its
-prediction times budget/measurement, and the walk goes on.
+candidate beside the unpruned model, ``verify_latency``): as in the paper, the pick
+is the best proposal among those that meet the constraint — here the whole budget,
+latency as measured — when any does. A picked network the table put under its
+target that measures over the budget sets the target to its prediction times
+budget/measurement, and the walk goes on.
 
 Everything is re-derived from the study: proposals are enqueued trials tagged with
 their iteration; the picked proposal's fine-tuned weights are a study artifact
@@ -116,14 +118,14 @@ class NetAdapt(Strategy):
     def _cost(self, ctx: SearchContext, plan: dict[str, float]) -> float:
         return float(ctx.projector.costs(plan)[self._resource(ctx)])
 
-    def _met(self, ctx: SearchContext, st: _State, picked: optuna.trial.FrozenTrial | None) -> bool:
-        """Every limit of the budget met by the current network; latency as measured, when it was."""
-        resource, costs = self._resource(ctx), ctx.projector.costs(st.plan)
+    def _meets(self, ctx: SearchContext, plan: dict[str, float], trial: optuna.trial.FrozenTrial | None) -> bool:
+        """The network meets every limit of the budget; its latency as measured, when it was."""
+        costs = ctx.projector.costs(plan)
         for metric, limit in ctx.projector.targets.items():
-            if metric == "latency_ms" and picked is not None and MEASURED in picked.user_attrs:
-                if ctx.projector.measured_excess(_measurement(picked)) > 0:
+            if metric == "latency_ms" and trial is not None and MEASURED in trial.user_attrs:
+                if ctx.projector.measured_excess(_measurement(trial)) > 0:
                     return False
-            elif costs[metric] > (st.target if metric == resource else limit):
+            elif costs[metric] > limit:
                 return False
         return True
 
@@ -137,7 +139,7 @@ class NetAdapt(Strategy):
         while True:
             props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration and not uncounted(t)]
             live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
-            if self._met(ctx, st, picked):
+            if self._meets(ctx, st.plan, picked):
                 st.done = True
                 return st
             if not props:
@@ -151,7 +153,10 @@ class NetAdapt(Strategy):
             if not done:
                 st.done = True  # every proposal failed: nothing to continue from
                 return st
-            best = max(done, key=lambda t: self._merit(ctx, st, t))
+            # As in the paper, the best proposal among those meeting the constraint; here the whole budget (latency
+            # as measured), so a last iteration ends with a network that really meets it, when one of them does.
+            feasible = [t for t in done if self._meets(ctx, t.user_attrs["plan"], t)]
+            best = max(feasible or done, key=lambda t: self._merit(ctx, st, t))
             st.plan = dict(best.user_attrs["plan"])
             st.keep = best.user_attrs["netadapt_keep"]
             st.weights = best.user_attrs["netadapt_weights"]
