@@ -121,6 +121,7 @@ def _search_options(config: StudyFile) -> dict[str, Any]:
         max_sparsity=config.max_sparsity,
         strategy_options=config.strategy.options,
         verify_latency=config.verify_latency,
+        latency_margin=config.latency_margin,
     )
 
 

@@ -123,6 +123,7 @@ class StudyFile(_Strict):
     max_sparsity: float = Field(default=0.95, gt=0, lt=1)
     multi_objective: bool = False
     verify_latency: bool = True
+    latency_margin: float = Field(default=0.03, ge=0, lt=1)
     threads: int | None = Field(default=None, gt=0)
     export: ExportSpec = Field(default_factory=ExportSpec)
 

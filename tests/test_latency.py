@@ -212,14 +212,14 @@ def test_latency_budget_search_records_and_caches_the_table(space, table, evalua
         latency_table=table,
     )
     cached = study.user_attrs["latency_table"]
-    target = fraction * cached["full_ms"]
+    target = fraction * cached["full_ms"] * (1 - 0.03)  # the default latency_margin: 3% of the budget
     trials = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(trials) == 3
     for t in trials:  # projected onto the budget as calibrated by the measurements before it
         assert t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= target + 1e-9
         assert t.user_attrs["macs"] < space.macs({})
         assert t.constraints == {
-            "latency_ms": pytest.approx((t.user_attrs["measured_latency_ratio"] - fraction) * table.full_ms)
+            "latency_ms": pytest.approx(t.user_attrs["measured_latency_ratio"] * table.full_ms - target)
         }
 
     def no_rebuild(*args, **kwargs):
@@ -326,16 +326,17 @@ def test_netadapt_walks_on_until_the_measured_latency_meets_the_budget(conv_spac
     st = NetAdapt().replay(SearchContext(conv_space, projector, study, 0, 0.95))
     assert st.done
     picked = [study.trials[n] for n in st.history]
-    target = 0.6 * macs_table.full_ms
-    assert picked[-1].user_attrs["measured_latency_ratio"] <= 0.6  # done only once measured under the budget
-    assert all(t.user_attrs["measured_latency_ratio"] > 0.6 for t in picked[:-1])
+    limit = 0.6 * (1 - 0.03)  # the budget less the default latency_margin
+    target = limit * macs_table.full_ms
+    assert picked[-1].user_attrs["measured_latency_ratio"] <= limit  # done only once measured under the budget
+    assert all(t.user_attrs["measured_latency_ratio"] > limit for t in picked[:-1])
     # The table said "done" at an earlier network, which measured over the budget: the walk went on from there,
     # aiming lower (the target scaled by that network's prediction over its measurement).
     fooled = [i for i, t in enumerate(picked) if t.user_attrs["latency_ms"] <= target]
     assert fooled and fooled[0] < len(picked) - 1
     assert st.target < target
     # Every candidate's latency constraint is its measurement, so the best trial meets the budget as measured.
-    assert study.best_trial.user_attrs["measured_latency_ratio"] <= 0.6
+    assert study.best_trial.user_attrs["measured_latency_ratio"] <= limit
 
 
 def test_projection_is_calibrated_by_the_measurements(conv_space, macs_table, tmp_path):
@@ -348,9 +349,9 @@ def test_projection_is_calibrated_by_the_measurements(conv_space, macs_table, tm
         bias = [u.user_attrs["measured_latency_ratio"] / (u.user_attrs["latency_ms"] / full) for u in trials[:k]]
         expected = float(np.quantile(bias, Projector.CALIBRATION_QUANTILE)) if bias else 1.0
         assert t.user_attrs["latency_scale"] == pytest.approx(expected)
-        assert t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= 0.6 * full + 1e-9
+        assert t.user_attrs["latency_ms"] * t.user_attrs["latency_scale"] <= 0.6 * (1 - 0.03) * full + 1e-9
     assert trials[-1].user_attrs["latency_scale"] > 1.2  # the table under-predicts; the projection learned it
-    assert study.best_trial.user_attrs["measured_latency_ratio"] <= 0.6
+    assert study.best_trial.user_attrs["measured_latency_ratio"] <= 0.6 * (1 - 0.03)
 
 
 def test_verify_latency_false_trusts_the_table(conv_space, macs_table, tmp_path):
@@ -358,3 +359,14 @@ def test_verify_latency_false_trusts_the_table(conv_space, macs_table, tmp_path)
     for t in study.trials:
         assert "measured_latency_ratio" not in t.user_attrs
         assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 0.6 * macs_table.full_ms)}
+
+
+def test_latency_margin_is_a_fraction_of_the_budget(conv_space, macs_table, tmp_path):
+    study = _search(conv_space, macs_table, tmp_path / "margin.db", "random", 1, latency_margin=0.25)
+    (t,) = study.trials
+    assert t.constraints == {
+        "latency_ms": pytest.approx((t.user_attrs["measured_latency_ratio"] - 0.6 * 0.75) * macs_table.full_ms)
+    }
+    with pytest.raises(ValueError, match="latency_margin"):
+        _search(conv_space, macs_table, tmp_path / "bad.db", "random", 1, latency_margin=1.5)
+    assert not (tmp_path / "bad.db").exists()  # refused before anything was created

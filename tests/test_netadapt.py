@@ -71,3 +71,30 @@ def test_bad_netadapt_options():
         NetAdapt(resource="flops")
     with pytest.raises(ValueError, match="pick"):
         NetAdapt(pick="best")
+
+
+def test_a_step_no_group_can_make_alone_is_halved(tmp_path):
+    """The paper stops when no single group can meet an iteration's target; this walks on in smaller steps."""
+    space = _space()
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = space.model(x)
+
+    def agreement(model):
+        with torch.no_grad():
+            return -float(((model(x) - ref) ** 2).mean())
+
+    study = ap.search(
+        space,
+        agreement,
+        ap.Budget(macs=0.6),
+        strategy="netadapt",
+        strategy_options={"initial_reduction": 0.9},  # no group holds 90% of the MACs
+        n_trials=200,
+        storage=f"sqlite:///{tmp_path / 'halve.db'}",
+    )
+    ctx = SearchContext(space, Projector(space, ap.Budget(macs=0.6)), study, 0, 0.95)
+    st = NetAdapt(initial_reduction=0.9).replay(ctx)
+    assert st.done and st.resource <= 0.6 * space.macs({})
+    first = [t for t in study.trials if t.user_attrs["netadapt"]["iteration"] == 0]
+    assert first and all(t.user_attrs["macs"] <= (1 - 0.9 / 2**4) * space.macs({}) for t in first)

@@ -524,7 +524,7 @@ class LatencyTable:
         info = {k: v for k, v in data.items() if k not in ("format", "fingerprint", "full_ms", "constant_ms", "layers")}
         return cls(space, [dict(lay) for lay in data["layers"]], data["full_ms"], info)
 
-    def measure(self, model: torch.nn.Module, *, rounds: int = 3, min_run_time: float = 0.1) -> dict[str, float]:
+    def measure(self, model: torch.nn.Module, *, rounds: int = 5, min_run_time: float = 0.1) -> dict[str, float]:
         """Measure ``model`` (a network built from this table's space) beside the unpruned model.
 
         Both run under the table's own conditions (device, threads, batch size), in

@@ -75,7 +75,10 @@ class Projector:
     unpruned model and judges the latency limit by that measurement
     (:meth:`measured_excess`); :meth:`calibrate` then scales the table's predictions by
     what the measurements so far say about its bias, so that projected plans land
-    under the budget as measured, not only as predicted.
+    under the budget as measured, not only as predicted. A measurement is noisy (about
+    ±1–2% of the full latency on a shared CPU), so a verified candidate must measure
+    under the budget less ``latency_margin`` (a fraction of the budget): one that
+    passes then still meets the budget when measured again.
     """
 
     #: the quantile of the measured/predicted latency ratios that :meth:`calibrate` scales predictions by:
@@ -89,7 +92,10 @@ class Projector:
         max_sparsity: float = 0.95,
         latency_table: LatencyTable | None = None,
         verify_latency: bool = True,
+        latency_margin: float = 0.03,
     ) -> None:
+        if not 0 <= latency_margin < 1:
+            raise ValueError(f"latency_margin must be in [0, 1) (a fraction of the budget), got {latency_margin!r}")
         self.space = space
         self.budget = budget
         self.names = [g.name for g in space.groups]
@@ -99,6 +105,7 @@ class Projector:
         self.latency_table = latency_table
         self.targets = budget.targets(space, latency_table) if budget is not None else {}
         self.verify_latency = bool(verify_latency) and "latency_ms" in self.targets
+        self.latency_margin = float(latency_margin) if self.verify_latency else 0.0
         self.latency_scale = 1.0  # measured / predicted latency, from calibrate(); 1 until something is measured
         if budget is not None:
             smallest = {g: max_sparsity for g in self.names}
@@ -127,17 +134,20 @@ class Projector:
             out["latency_ms"] = self.latency_table.predict(plan)
         return out
 
+    def limit(self, metric: str) -> float:
+        """The limit a candidate must meet: the budget's, less ``latency_margin`` for a measured latency."""
+        return self.targets[metric] * (1.0 - self.latency_margin if metric == "latency_ms" else 1.0)
+
     def measured_excess(self, measured: Mapping[str, float]) -> float:
-        """How far a measured candidate (:meth:`LatencyTable.measure`) is over the latency limit, in ms (<= 0: meets).
+        """How far a measured candidate (:meth:`LatencyTable.measure`) is over its latency limit, in ms (<= 0: meets).
 
         A fractional budget compares the measured fraction of the unpruned model's latency
-        (measured beside it, so machine drift cancels) and reports it in the table's
+        (measured beside it, so machine drift cancels), expressed in the table's
         milliseconds; an absolute budget compares the measured milliseconds.
         """
-        fraction = self.budget.latency
-        if fraction <= 1:
-            return (measured["ratio"] - fraction) * self.latency_table.full_ms
-        return measured["ms"] - self.targets["latency_ms"]
+        fraction = self.budget.latency <= 1
+        ms = measured["ratio"] * self.latency_table.full_ms if fraction else measured["ms"]
+        return ms - self.limit("latency_ms")
 
     def calibrate(self, samples: list[tuple[float, Mapping[str, float]]]) -> float:
         """Set ``latency_scale`` from ``(predicted_ms, measurement)`` pairs of evaluated candidates; returns it.
@@ -157,7 +167,7 @@ class Projector:
         return self.latency_scale
 
     def fits(self, plan: Mapping[str, float]) -> bool:
-        return all(self.cost(m, plan) <= t for m, t in self.targets.items())
+        return all(self.cost(m, plan) <= self.limit(m) for m in self.targets)
 
     def project(self, plan: Mapping[str, float], *, fill: bool = True) -> dict[str, float] | None:
         """The plan scaled to meet the budget (exactly, when ``fill``; else only shrunk if over).

@@ -61,6 +61,7 @@ def search(
     join: bool = False,
     heartbeat_interval: float = 10.0,
     verify_latency: bool = True,
+    latency_margin: float = 0.03,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
 
@@ -82,7 +83,9 @@ def search(
     conditions (``measured_latency_ms``, ``measured_full_ms``,
     ``measured_latency_ratio``), its latency constraint is that measurement, and
     the projection is calibrated by the measurements so far, so the best trial
-    meets the budget as measured. ``verify_latency=False`` trusts the table.
+    meets the budget as measured. Measurements are noisy, so a candidate must
+    measure under the budget less ``latency_margin`` (a fraction of it: 3% by
+    default, 60% -> 58.2%). ``verify_latency=False`` trusts the table.
     """
     if not callable(evaluator):
         raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
@@ -106,6 +109,7 @@ def search(
         latency_table=latency_table,
         join=join,
         verify_latency=verify_latency,
+        latency_margin=latency_margin,
     )
     if not join:
         strat.setup(ctx)
@@ -167,6 +171,7 @@ def create_study(
     strategy_options: Mapping[str, Any] | None = None,
     latency_table: LatencyTable | None = None,
     verify_latency: bool = True,
+    latency_margin: float = 0.03,
 ) -> optuna.Study:
     """Create a search's study once, before its workers join it (``search(..., join=True)``).
 
@@ -188,6 +193,7 @@ def create_study(
         latency_table=latency_table,
         join=False,
         verify_latency=verify_latency,
+        latency_margin=latency_margin,
     )
     strat.setup(ctx)
     return study
@@ -207,11 +213,14 @@ def _open(
     strategy_options,
     latency_table,
     join,
-    verify_latency,  # noqa: ANN001
+    verify_latency,
+    latency_margin,  # noqa: ANN001
 ) -> tuple[optuna.Study, Strategy, SearchContext]:
     """Validate the arguments, open (or create) the study, check its configuration, make the context."""
     if not 0 < max_sparsity < 1:
         raise ValueError(f"max_sparsity must be in (0, 1), got {max_sparsity!r}")
+    if not 0 <= latency_margin < 1:
+        raise ValueError(f"latency_margin must be in [0, 1) (a fraction of the budget), got {latency_margin!r}")
     if not space.groups:
         raise ValueError("the space has no prunable channel groups: nothing to search")
     strat = get_strategy(strategy, **dict(strategy_options or {}))
@@ -246,10 +255,12 @@ def _open(
             max_sparsity,
             latency_table=table or LatencyTable.build(space),
             verify_latency=verify_latency,
+            latency_margin=latency_margin,
         )
         if study.user_attrs.get("latency_table") != projector.latency_table.to_dict():
             study.set_user_attr("latency_table", projector.latency_table.to_dict())
-    _check_config(study, space, budget, strat, criterion, directions, max_sparsity, projector.verify_latency)
+    verify = {"verify": projector.verify_latency, "margin": projector.latency_margin} if needs_table else None
+    _check_config(study, space, budget, strat, criterion, directions, max_sparsity, verify)
     if multi_objective and not join:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -8,8 +8,10 @@ network*; each proposal is built, short-term fine-tuned (the evaluator's
 drop per unit of resource saved (``pick="min_drop_per_resource"``, the paper's
 variant) — becomes the current network, fine-tuned weights included, and the
 next iteration starts from it. The search ends when every limit of the budget is
-met. The resource walked down is the budget's latency if it has one, else its MACs,
-else its parameters (or ``resource=``).
+met. Where no group alone can make an iteration's step, the step is halved until
+one can (the paper's NetAdapt stops there, short of the budget). The resource
+walked down is the budget's latency if it has one, else its MACs, else its
+parameters (or ``resource=``).
 
 Under a latency budget the table's prediction proposes, but the search ends only
 when the picked network meets the budget *as measured* (the runner measures every
@@ -121,11 +123,11 @@ class NetAdapt(Strategy):
     def _meets(self, ctx: SearchContext, plan: dict[str, float], trial: optuna.trial.FrozenTrial | None) -> bool:
         """The network meets every limit of the budget; its latency as measured, when it was."""
         costs = ctx.projector.costs(plan)
-        for metric, limit in ctx.projector.targets.items():
+        for metric in ctx.projector.targets:
             if metric == "latency_ms" and trial is not None and MEASURED in trial.user_attrs:
                 if ctx.projector.measured_excess(_measurement(trial)) > 0:
                     return False
-            elif costs[metric] > limit:
+            elif costs[metric] > ctx.projector.limit(metric):
                 return False
         return True
 
@@ -133,7 +135,7 @@ class NetAdapt(Strategy):
         trials = [t for t in ctx.study.get_trials(deepcopy=False) if TAG in t.user_attrs]
         full = {n: 0.0 for n in ctx.names}
         resource = self._resource(ctx)
-        limit = float(ctx.projector.targets[resource])
+        limit = float(ctx.projector.limit(resource))
         st = _State(0, full, None, None, None, self._cost(ctx, full), limit)
         picked = None
         while True:
@@ -195,10 +197,16 @@ class NetAdapt(Strategy):
             return "ask"
         if st.pending:
             return "wait"  # the rest of this iteration is being evaluated by other workers
-        step = st.resource - self.initial_reduction * self._cost(ctx, {}) * self.decay**st.iteration
-        # Down to the target, or on past it while another limit (or the measured latency) is still unmet.
-        target = max(step, st.target) if st.resource > st.target else step
-        proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
+        full = self._cost(ctx, {})
+        reduction = self.initial_reduction * full * self.decay**st.iteration
+        while True:
+            # Down to the target, or on past it while another limit (or the measured latency) is still unmet.
+            step = st.resource - reduction
+            target = max(step, st.target) if st.resource > st.target else step
+            proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
+            if proposals or reduction < 1e-4 * full:
+                break
+            reduction /= 2  # no group alone can make this step (the paper stops here): try a smaller one
         if not proposals:
             return "stop"
         enqueue_batch(
