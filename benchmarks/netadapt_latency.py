@@ -145,12 +145,13 @@ def one_run(args: argparse.Namespace, index: int, model: torch.nn.Module, space,
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = ap.zoo.pretrained("resnet20_fashion_mnist").eval()
-    space = ap.PruningSpace(model, torch.zeros(1, 1, 28, 28))
+    space = ap.PruningSpace(model, torch.zeros(1, 1, 28, 28), round_to=args.round_to)
     data = fashion_mnist_splits()
     base_test = AccuracyEvaluator(data.test, train_data=data.train, bn_recalibration_batches=10)(copy.deepcopy(model))
     runs = [one_run(args, i, model, space, data) for i in range(args.runs)]
     return {
         "batch": args.batch,
+        "round_to": args.round_to,
         "malloc": args.malloc,
         "budget": args.budget,
         "finetune": args.finetune,
@@ -187,9 +188,11 @@ def section(r: dict, seconds: float) -> str:
         )
     met = sum(run["meets"] for run in r["runs"])
     fooled = [run for run in r["runs"] if run["trusted"] and run["trusted"]["measured"] > b]
-    return f"""## NetAdapt under a latency budget: held as measured
+    widths = f", channel counts in multiples of {r['round_to']}" if r["round_to"] > 1 else ""
+    return f"""## NetAdapt under a latency budget: held as measured{widths}
 
-`python benchmarks/netadapt_latency.py --batch {r["batch"]} --budget {b} --runs {len(r["runs"])}` —
+`python benchmarks/netadapt_latency.py --batch {r["batch"]} --budget {b} --runs {len(r["runs"])} \
+--round-to {r["round_to"]}` —
 pretrained zoo ResNet-20 on Fashion-MNIST, CPU `{hardware("cpu")}` ({os.cpu_count()} cores, shared), 1 thread,
 batch {r["batch"]}, torch {torch.__version__}, Python {platform.python_version()}, {allocator}.
 Each run builds its own `LatencyTable` and runs NetAdapt (first reduction {r["reduction"]:.0%} of the full
@@ -226,6 +229,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=120, help="cap on evaluations")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds afterwards")
     parser.add_argument("--margin", type=float, default=0.03, help="latency_margin: a fraction of the budget")
+    parser.add_argument("--round-to", type=int, default=1, help="channel counts kept in multiples of this")
     parser.add_argument("--runs", type=int, default=2, help="independent runs (each builds its own table)")
     parser.add_argument("--malloc", choices=("stable", "default"), default="stable")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
@@ -238,7 +242,8 @@ def main() -> None:
     text = section(r, time.perf_counter() - started)
     print(text)
     if not args.no_write:
-        write_section("netadapt-latency", text, after="latency")
+        name = "netadapt-latency" + (f"-round-to-{args.round_to}" if args.round_to > 1 else "")
+        write_section(name, text, after="netadapt-latency" if args.round_to > 1 else "latency")
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
         if (
             sum(t.state == TrialState.COMPLETE for t in trials) >= completed
             and trials[-1].state == TrialState.RUNNING
-            and (datetime.datetime.now() - trials[-1].datetime_start).total_seconds() < pause / 2
+            and (datetime.datetime.now() - trials[-1].datetime_start).total_seconds() < 0.8 * pause
         ):
             break
         time.sleep(0.05)

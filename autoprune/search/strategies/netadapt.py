@@ -8,8 +8,10 @@ network*; each proposal is built, short-term fine-tuned (the evaluator's
 drop per unit of resource saved (``pick="min_drop_per_resource"``, the paper's
 variant) — becomes the current network, fine-tuned weights included, and the
 next iteration starts from it. The search ends when every limit of the budget is
-met. Where no group alone can make an iteration's step, the step is halved until
-one can (the paper's NetAdapt stops there, short of the budget). The resource
+met. Where fewer than half of the groups that can still shrink can make an
+iteration's step alone, the step is halved until half can (the paper's NetAdapt
+stops when none can, short of the budget, and with a few it has little to choose
+from). The resource
 walked down is the budget's latency if it has one, else its MACs, else its
 parameters (or ``resource=``).
 
@@ -199,14 +201,17 @@ class NetAdapt(Strategy):
             return "wait"  # the rest of this iteration is being evaluated by other workers
         full = self._cost(ctx, {})
         reduction = self.initial_reduction * full * self.decay**st.iteration
+        cut = st.resource - 1e-6 * full  # groups that can lower the resource at all
+        shrinkable = sum(self._propose(ctx, st, g, cut) is not None for g in ctx.space.groups)
         while True:
             # Down to the target, or on past it while another limit (or the measured latency) is still unmet.
             step = st.resource - reduction
             target = max(step, st.target) if st.resource > st.target else step
             proposals = [p for p in (self._propose(ctx, st, g, target) for g in ctx.space.groups) if p is not None]
-            if proposals or reduction < 1e-4 * full:
+            # A step only a few groups can make alone leaves no choice (the paper stops when none can): halve it.
+            if 2 * len(proposals) >= shrinkable or reduction < 1e-4 * full:
                 break
-            reduction /= 2  # no group alone can make this step (the paper stops here): try a smaller one
+            reduction /= 2
         if not proposals:
             return "stop"
         enqueue_batch(
