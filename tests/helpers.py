@@ -119,10 +119,11 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
         except KeyError:
             trials = []
         # Kill early in a trial (it runs at least ``pause`` seconds), so it cannot complete while the signal is sent.
+        running = [t for t in trials if t.state == TrialState.RUNNING]
         if (
             sum(t.state == TrialState.COMPLETE for t in trials) >= completed
-            and trials[-1].state == TrialState.RUNNING
-            and (datetime.datetime.now() - trials[-1].datetime_start).total_seconds() < 0.8 * pause
+            and running
+            and (datetime.datetime.now() - running[-1].datetime_start).total_seconds() < 0.8 * pause
         ):
             break
         time.sleep(0.05)
