@@ -30,6 +30,18 @@ def checksums(model: nn.Module) -> dict[str, tuple[float, float]]:
     return out
 
 
+def agreement(space: ap.PruningSpace, x: torch.Tensor) -> Any:
+    """An evaluator needing no data: minus the squared distance of a pruned model's outputs from the original's."""
+    with torch.no_grad():
+        ref = space.model(x)
+
+    def evaluate(model: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(((model(x) - ref) ** 2).mean())
+
+    return evaluate
+
+
 def random_plan(space: ap.PruningSpace, seed: int, high: float = 0.9) -> dict[str, float]:
     rng = random.Random(seed)
     return {g.name: rng.uniform(0.0, high) for g in space.groups}

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import agreement
 
 import autoprune as ap
 from autoprune.data import load_digits
@@ -282,16 +283,7 @@ def macs_table(conv_space):
 
 
 def _agreement(space):
-    """Score = minus the squared distance of the pruned model's outputs from the original's (no data needed)."""
-    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = space.model(x)
-
-    def evaluate(model):
-        with torch.no_grad():
-            return -float(((model(x) - ref) ** 2).mean())
-
-    return evaluate
+    return agreement(space, torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
 
 
 def test_measure_times_a_network_beside_the_unpruned_one(conv_space, macs_table):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from helpers import kill_mid_trial, run_search
+from helpers import agreement, kill_mid_trial, run_search
 
 import autoprune as ap
 from autoprune.search import Projector
@@ -76,17 +76,9 @@ def test_bad_netadapt_options():
 def test_a_step_no_group_can_make_alone_is_halved(tmp_path):
     """The paper stops when no single group can meet an iteration's target; this walks on in smaller steps."""
     space = _space()
-    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = space.model(x)
-
-    def agreement(model):
-        with torch.no_grad():
-            return -float(((model(x) - ref) ** 2).mean())
-
     study = ap.search(
         space,
-        agreement,
+        agreement(space, torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))),
         ap.Budget(macs=0.6),
         strategy="netadapt",
         strategy_options={"initial_reduction": 0.9},  # no group holds 90% of the MACs
