@@ -51,6 +51,19 @@ def stable_malloc() -> None:
         raise RuntimeError("mallopt failed")
 
 
+def add_process_options(parser: argparse.ArgumentParser) -> None:
+    """``--malloc`` and ``--no-write``, shared by the latency benchmarks."""
+    parser.add_argument("--malloc", choices=("stable", "default"), default="stable", help="see latency_table.py")
+    parser.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
+
+
+def prepare_process(args: argparse.Namespace) -> None:
+    """Fixed malloc thresholds (unless ``--malloc default``) and one torch thread, before anything is timed."""
+    if args.malloc == "stable":
+        stable_malloc()
+    torch.set_num_threads(1)
+
+
 def alone(table: LatencyTable, plan: dict, kind: str | None = None) -> float:
     """The table's ops at ``plan`` as timed alone (of one ``kind``, or all)."""
     kinds = {lay["name"]: lay["kind"] for lay in table.layers}
@@ -262,12 +275,9 @@ def main() -> None:
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measure_latency call")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the table's grid (median)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1])
-    parser.add_argument("--malloc", choices=("stable", "default"), default="stable", help="see the module docstring")
-    parser.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
+    add_process_options(parser)
     args = parser.parse_args()
-    if args.malloc == "stable":
-        stable_malloc()
-    torch.set_num_threads(1)
+    prepare_process(args)
     started = time.perf_counter()
     results = []
     for batch in args.batches:

@@ -9,7 +9,7 @@ NetAdapt under ``Budget(latency=0.6)``: every proposal short-term fine-tuned
 adaptive-BN recalibration, and measured beside the unpruned model by the search
 (``verify_latency``, the default). The network it returns (the best trial that
 meets the budget as measured, with its own fine-tuned weights, as in
-``benchmarks/search.py``) is then measured again with ``measure_latency``,
+``benchmarks/search.py``) is then measured again with ``LatencyTable.measure``,
 interleaved with the unpruned model over several rounds (median), and checked
 against 0.6 x the *measured* full latency. Each run also reports where a search
 trusting the table would have stopped: the first picked network the table put
@@ -31,16 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from latency_table import stable_malloc  # a sibling script: benchmarks/ is on sys.path
+from latency_table import add_process_options, prepare_process  # a sibling script: benchmarks/ is on sys.path
 from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 import autoprune as ap
 from autoprune.data import fashion_mnist_splits
 from autoprune.engine.latency import LatencyTable, hardware
 from autoprune.evaluators import AccuracyEvaluator
-from autoprune.evaluators.latency import measure_latency
 from autoprune.search import Projector
 from autoprune.search.strategies.netadapt import TAG, NetAdapt, trial_network
 from autoprune.search.strategy import SearchContext
@@ -48,24 +46,8 @@ from autoprune.search.strategy import SearchContext
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure_pair(full: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, batch: int, rounds: int) -> dict:
-    """Both models' median latency over ``rounds`` interleaved rounds (order alternating), and the per-round ratio."""
-    times = np.zeros((rounds, 2))
-    for r in range(rounds):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            times[r, i] = measure_latency((full, pruned)[i], x, batch_size=batch, threads=1, min_run_time=0.5)
-    ratio = times[:, 1] / times[:, 0]
-    return {
-        "full_ms": float(np.median(times[:, 0])),
-        "pruned_ms": float(np.median(times[:, 1])),
-        "ratio": float(np.median(ratio)),
-        "ratio_range": (float(ratio.min()), float(ratio.max())),
-    }
-
-
 def one_run(args: argparse.Namespace, index: int, model: torch.nn.Module, space, data) -> dict:
     """Build a table, search, and measure the network NetAdapt returns (one independent run)."""
-    x = space.example_inputs[0]
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     table = LatencyTable.build(space, threads=1, batch_size=args.batch, repeats=3)
@@ -117,7 +99,7 @@ def one_run(args: argparse.Namespace, index: int, model: torch.nn.Module, space,
     test = test_eval(copy.deepcopy(pruned))["accuracy"]
     print(f"run {index}: {len(done)} evaluations in {search_s:.0f} s; val {best.value:.4f}, test {test:.4f}")
     load.append(os.getloadavg()[0])
-    measured = measure_pair(model, pruned, x, args.batch, args.rounds)
+    measured = table.measure(pruned, rounds=args.rounds, min_run_time=0.5)
     load.append(os.getloadavg()[0])
     return {
         "build_s": build_s,
@@ -174,7 +156,7 @@ def section(r: dict, seconds: float) -> str:
         trust = f"{trusted['predicted']:.1%} / **{trusted['measured']:.1%}**" if trusted else "never"
         rows.append(
             f"| {i + 1} | {trust} | {run['predicted']:.1%} / {run['in_search']:.1%} | "
-            f"**{m['ratio']:.1%}** ({m['ratio_range'][0]:.1%}–{m['ratio_range'][1]:.1%}) | "
+            f"**{m['ratio']:.1%}** ({m['ratio_min']:.1%}–{m['ratio_max']:.1%}) | "
             f"{'yes' if run['meets'] else '**no**'} | {run['final_target']:.1%} | {run['iterations']} / "
             f"{run['evaluations']} | {run['val']:.2%} / {run['test']:.2%} | {run['macs']:.1%} | "
             f"{run['search_s']:.0f} s |"
@@ -231,12 +213,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.03, help="latency_margin: a fraction of the budget")
     parser.add_argument("--round-to", type=int, default=1, help="channel counts kept in multiples of this")
     parser.add_argument("--runs", type=int, default=2, help="independent runs (each builds its own table)")
-    parser.add_argument("--malloc", choices=("stable", "default"), default="stable")
-    parser.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
+    add_process_options(parser)
     args = parser.parse_args()
-    if args.malloc == "stable":
-        stable_malloc()
-    torch.set_num_threads(1)
+    prepare_process(args)
     started = time.perf_counter()
     r = run(args)
     text = section(r, time.perf_counter() - started)

@@ -288,11 +288,13 @@ def _agreement(space):
 
 def test_measure_times_a_network_beside_the_unpruned_one(conv_space, macs_table):
     plan = {g.name: 0.5 for g in conv_space.groups}
-    pruned = conv_space.apply(plan)
+    pruned = conv_space.apply(plan).train()
+    before = [p.detach().clone() for p in pruned.parameters()]
     m = macs_table.measure(pruned)
     assert m["ms"] > 0 and m["full_ms"] > 0
     assert 0.1 < m["ratio"] < 0.9  # half the channels of every conv: clearly faster, never free
-    assert [p.shape for p in pruned.parameters()] == [p.shape for p in conv_space.apply(plan).parameters()]
+    assert m["ratio_min"] <= m["ratio"] <= m["ratio_max"]
+    assert pruned.training and all(torch.equal(a, b) for a, b in zip(before, pruned.parameters()))  # untouched
     with pytest.raises(ValueError, match="rounds"):
         macs_table.measure(pruned, rounds=0)
 

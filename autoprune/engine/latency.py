@@ -530,8 +530,9 @@ class LatencyTable:
         Both run under the table's own conditions (device, threads, batch size), in
         ``rounds`` interleaved rounds with alternating order, so slow drift of a shared
         machine hits both alike. Returns the medians ``ms`` and ``full_ms`` and
-        ``ratio``, the median of the per-round ratios: the measured fraction of the
-        full latency, comparable with a fractional latency budget. ``model`` is not
+        ``ratio``, the median of the per-round ratios (their range in ``ratio_min`` /
+        ``ratio_max``): the measured fraction of the full latency, comparable with a
+        fractional latency budget. ``model`` is not
         changed (a copy is timed).
         """
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
@@ -549,10 +550,13 @@ class LatencyTable:
                 for i in (0, 1) if r % 2 == 0 else (1, 0):
                     net = (self._reference, pruned)[i]
                     times[r, i] = median_ms(lambda: net(*inputs), min_run_time=min_run_time, device=device)
+        ratios = times[:, 1] / times[:, 0]
         return {
             "ms": float(np.median(times[:, 1])),
             "full_ms": float(np.median(times[:, 0])),
-            "ratio": float(np.median(times[:, 1] / times[:, 0])),
+            "ratio": float(np.median(ratios)),
+            "ratio_min": float(ratios.min()),
+            "ratio_max": float(ratios.max()),
         }
 
     def matches(self, *, device: str | torch.device = "cpu", threads: int = 1, batch_size: int | None = None) -> bool:
