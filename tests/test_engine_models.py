@@ -173,6 +173,100 @@ class ShuffleAndPad(nn.Module):
         return self.head(F.relu(self.wide(x)) + shortcut)
 
 
+class UNet(nn.Module):
+    """Encoder-decoder: a strided conv down, a ConvTranspose2d up, the skip concatenated before the decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        e = self.enc(x)
+        return self.head(self.dec(torch.cat([e, self.up(self.down(e))], dim=1)))
+
+
+class GatedConv1d(nn.Module):
+    """Speech-style: Conv1d, GroupNorm, a GLU halving the channels, a residual over the gated features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(4, 16, 5, padding=2)
+        self.gn = nn.GroupNorm(4, 16)
+        self.conv2 = nn.Conv1d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.glu(self.gn(self.conv1(x)), dim=1)
+        h = h + F.relu(self.conv2(h))
+        return self.fc(h.mean(-1))
+
+
+class EinsumAttention(nn.Module):
+    """Self-attention written by hand: fused qkv, heads by reshape, einsum products, residual and LayerNorm."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(5, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = torch.einsum("bhnd,bhmd->bhnm", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        o = torch.einsum("bhnm,bhmd->bhnd", attn, v).transpose(1, 2).reshape(b, n, -1)
+        return self.fc(self.norm(x + self.proj(o)).mean(1))
+
+
+class Transformer(nn.Module):
+    """nn.TransformerEncoder (its eval-mode fast path is one fused op) with a linear stem and head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # enable_nested_tensor is off with norm_first=False... fine here
+            self.encoder = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.stem(x)).mean(1))
+
+
+class Residual3d(nn.Module):
+    """Video-style Conv3d blocks with BatchNorm3d and identity shortcuts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv3d(8, 12, (1, 3, 3), padding=(0, 1, 1)),
+                nn.BatchNorm3d(12),
+                nn.ReLU(),
+                nn.Conv3d(12, 8, (3, 1, 1), padding=(1, 0, 0)),
+                nn.BatchNorm3d(8),
+            )
+            for _ in range(2)
+        )
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = F.relu(x + block(x))
+        return self.fc(x.mean((2, 3, 4)))
+
+
 class WeightNormed(nn.Module):
     """Both weight-norm flavours: a parametrization and the older forward pre-hook."""
 
@@ -198,6 +292,11 @@ CASES = {
     "all_layer_types": (AllLayerTypes, (torch.randint(0, 50, (2, 12)), torch.randn(2, 1, 6, 6, 6))),
     "shuffle_and_pad": (ShuffleAndPad, (torch.randn(2, 3, 8, 8),)),
     "weight_norm": (WeightNormed, (torch.randn(2, 3, 8, 8),)),
+    "unet": (UNet, (torch.randn(2, 3, 16, 16),)),
+    "gated_conv1d": (GatedConv1d, (torch.randn(2, 4, 20),)),
+    "einsum_attention": (EinsumAttention, (torch.randn(2, 7, 5),)),
+    "transformer": (Transformer, (torch.randn(2, 7, 6),)),
+    "residual_3d": (Residual3d, (torch.randn(2, 3, 4, 8, 8),)),
 }
 
 

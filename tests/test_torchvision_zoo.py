@@ -1,4 +1,4 @@
-"""The contract on every torchvision classification model (random weights, small inputs)."""
+"""The contract on every torchvision classification, segmentation and video model (random weights, small inputs)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import autoprune as ap
 torchvision = pytest.importorskip("torchvision")
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
+SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
+# mvit_v2_s is left out: at its fixed 16x224x224 input the trace takes three minutes, and the engine then
+# finds no prunable group (every channel frozen; not yet investigated): a known gap, left out rather than hidden.
+VIDEO = [m for m in torchvision.models.list_models(module=torchvision.models.video) if m != "mvit_v2_s"]
 
 
 def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -25,16 +29,27 @@ def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
         kwargs["image_size"] = size
     elif name == "maxvit_t":
         size = 224  # fixed partition sizes
+    shape: tuple[int, ...] = (1, 3, size, size)
+    if name in SEGMENTATION:
+        kwargs["weights_backbone"] = None  # its default downloads ImageNet weights
+        if not name.startswith("lraspp"):
+            kwargs["aux_loss"] = True  # a second head on layer3: one more consumer of its channels
+    elif name in VIDEO:
+        shape = (1, 3, 4, 32, 32)  # (batch, channels, frames, height, width)
+        if name == "s3d":
+            shape = (1, 3, 16, 224, 224)  # its final pooling window is (2, 7, 7)
+        elif name.startswith("mvit"):
+            shape = (1, 3, 16, 224, 224)  # fixed temporal and spatial sizes
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, **kwargs).eval()
-    return model, torch.randn(1, 3, size, size)
+    return model, torch.randn(shape)
 
 
-def test_all_classification_models_are_covered():
-    assert len(MODELS) >= 80
+def test_all_classification_segmentation_and_video_models_are_covered():
+    assert len(MODELS) >= 80 and len(SEGMENTATION) >= 6 and len(VIDEO) >= 8
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + SEGMENTATION + VIDEO)
 def test_torchvision_model(name):
     torch.set_num_threads(1)
     model, x = _build(name)

@@ -415,6 +415,20 @@ def split(t: Tracer, func, args, kwargs, outs, out) -> None:
         t.set(o, d[:dim] + [p] + d[dim + 1 :])
 
 
+@rule("glu")
+def glu(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """a * sigmoid(b) for the two halves along ``dim``: like chunk(2) and a product, the halves prune as one."""
+    a = _named(func, args, kwargs)
+    x = a["self"]
+    dim = a.get("dim", -1) % x.dim()
+    d = t.dims(x)
+    pieces = t.axes.ranges(d[dim], [x.shape[dim] // 2])
+    if len(pieces) != 2:
+        raise Incompatible
+    t.unify(pieces[0], pieces[1])
+    t.set(out, d[:dim] + [pieces[0]] + d[dim + 1 :])
+
+
 @rule("unbind", "unbind_copy")
 def unbind(t: Tracer, func, args, kwargs, outs, out) -> None:
     a = _named(func, args, kwargs)
