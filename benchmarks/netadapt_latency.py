@@ -107,6 +107,7 @@ def one_run(args: argparse.Namespace, index: int, model: torch.nn.Module, space,
         "table_full_ms": table.full_ms,
         "predicted": table.predict(plan) / table.full_ms,
         "in_search": best.user_attrs["measured_latency_ratio"],
+        "in_search_clean": best.user_attrs.get("measured_clean"),
         "measured": measured,
         "meets": measured["ratio"] <= args.budget,
         "reached": reached,
@@ -155,8 +156,8 @@ def section(r: dict, seconds: float) -> str:
         m, trusted = run["measured"], run["trusted"]
         trust = f"{trusted['predicted']:.1%} / **{trusted['measured']:.1%}**" if trusted else "never"
         rows.append(
-            f"| {i + 1} | {trust} | {run['predicted']:.1%} / {run['in_search']:.1%} | "
-            f"**{m['ratio']:.1%}** ({m['ratio_min']:.1%}–{m['ratio_max']:.1%}) | "
+            f"| {i + 1} | {trust} | {run['predicted']:.1%} / {run['in_search']:.1%} ({run['in_search_clean']:.2f}) | "
+            f"**{m['ratio']:.1%}** ({m['ratio_min']:.1%}–{m['ratio_max']:.1%}; {m['clean']:.2f}) | "
             f"{'yes' if run['meets'] else '**no**'} | {run['final_target']:.1%} | {run['iterations']} / "
             f"{run['evaluations']} | {run['val']:.2%} / {run['test']:.2%} | {run['macs']:.1%} | "
             f"{run['search_s']:.0f} s |"
@@ -184,7 +185,8 @@ latency budget — measured beside the unpruned model (5 interleaved rounds, `ve
 meets the budget when it measures under it less `latency_margin` ({r["margin"]:.0%} of it: {b * (1 - r["margin"]):.1%});
 NetAdapt stops only when the picked network does. The returned network (best trial meeting the budget as
 measured, its own fine-tuned weights) is then measured again, {r["rounds"]} interleaved rounds of 0.5 s
-(median; range in brackets), against the budget itself. Fractions are of the full model's latency;
+(median; range in brackets), against the budget itself. Every timing keeps only blocks no other process
+disturbed (the fraction of clean blocks in brackets; see the contention section). Fractions are of the full model's latency;
 unpruned test accuracy {r["base_test"]:.2%}. Whole run {seconds / 60:.1f} min.
 
 | run | first network the table put under {b:.0%}: predicted / measured \

@@ -81,7 +81,8 @@ def search(
     predictions propose and project plans; with ``verify_latency`` (the default)
     every candidate is also measured beside the unpruned model under the table's
     conditions (``measured_latency_ms``, ``measured_full_ms``,
-    ``measured_latency_ratio``), its latency constraint is that measurement, and
+    ``measured_latency_ratio``; ``measured_clean``, the fraction of timing blocks no
+    other process disturbed), its latency constraint is that measurement, and
     the projection is calibrated by the measurements so far, so the best trial
     meets the budget as measured. Measurements are noisy, so a candidate must
     measure under the budget less ``latency_margin`` (a fraction of it: 3% by
@@ -328,6 +329,7 @@ def _run_trial(
             trial.set_user_attr("measured_latency_ms", measured["ms"])
             trial.set_user_attr("measured_full_ms", measured["full_ms"])
             trial.set_user_attr("measured_latency_ratio", measured["ratio"])
+            trial.set_user_attr("measured_clean", measured["clean"])
             trial.set_user_attr("latency_scale", projector.latency_scale)
             trial.set_constraint("latency_ms", projector.measured_excess(measured))
         score, extras = normalize_result(evaluator(model))
