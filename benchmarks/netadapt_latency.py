@@ -186,8 +186,8 @@ meets the budget when it measures under it less `latency_margin` ({r["margin"]:.
 NetAdapt stops only when the picked network does. The returned network (best trial meeting the budget as
 measured, its own fine-tuned weights) is then measured again, {r["rounds"]} interleaved rounds of 0.5 s
 (median; range in brackets), against the budget itself. Every timing keeps only blocks no other process
-disturbed (the fraction of clean blocks in brackets; see the contention section). Fractions are of the full model's latency;
-unpruned test accuracy {r["base_test"]:.2%}. Whole run {seconds / 60:.1f} min.
+disturbed (the fraction of clean blocks in brackets; see the contention section). Fractions are of the full
+model's latency; unpruned test accuracy {r["base_test"]:.2%}. Whole run {seconds / 60:.1f} min.
 
 | run | first network the table put under {b:.0%}: predicted / measured \
 | returned: predicted / measured in search | returned: measured after | meets | final target (table) \

@@ -293,10 +293,36 @@ def test_measure_times_a_network_beside_the_unpruned_one(conv_space, macs_table)
     m = macs_table.measure(pruned)
     assert m["ms"] > 0 and m["full_ms"] > 0
     assert 0.1 < m["ratio"] < 0.9  # half the channels of every conv: clearly faster, never free
-    assert m["ratio_min"] <= m["ratio"] <= m["ratio_max"]
+    assert m["ratio_min"] <= m["ratio"] <= m["ratio_max"] and 0 <= m["clean"] <= 1
     assert pruned.training and all(torch.equal(a, b) for a, b in zip(before, pruned.parameters()))  # untouched
     with pytest.raises(ValueError, match="rounds"):
         macs_table.measure(pruned, rounds=0)
+
+
+def test_timing_drops_blocks_without_the_cpu(monkeypatch):
+    """A block in which the process did not run (here: it slept, as when another process has the core) is not
+    trusted: calls that sleep 20 ms are timed only when no block that computed is left."""
+    import time
+
+    from autoprune.engine.latency import timing
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the spinning calls below use one thread
+    calls = []
+
+    def fn():
+        calls.append(None)
+        if len(calls) % 2:  # odd calls sleep: no CPU time
+            time.sleep(0.02)
+        else:  # even calls compute for 5 ms
+            end = time.perf_counter() + 0.005
+            while time.perf_counter() < end:
+                pass
+
+    slept = timing(lambda: time.sleep(0.02), min_run_time=0.01, device=torch.device("cpu"), patience=1.0)
+    assert slept.clean == 0.0 and slept.ms >= 20  # nothing clean: the median of what there is, and it says so
+    mixed = timing(fn, min_run_time=0.05, device=torch.device("cpu"), block_time=0.0)
+    assert mixed.clean < 1  # every other block slept
+    assert mixed.clean == 0 or mixed.ms < 10  # with a clean block, the median is over the computing ones
 
 
 def _search(space, table, path, strategy: str, n_trials: int, **options):

@@ -303,7 +303,9 @@ def timing(
     return Timing(float(np.median(clean or dirty)) * 1e3, len(clean) / (len(clean) + len(dirty)))
 
 
-def median_ms(fn: Any, *, min_run_time: float, device: torch.device, blocks: int = 5, block_time: float = 1e-3) -> float:
+def median_ms(
+    fn: Any, *, min_run_time: float, device: torch.device, blocks: int = 5, block_time: float = 1e-3
+) -> float:
     """Median milliseconds per call of ``fn`` over blocks no other process disturbed (see :func:`timing`)."""
     return timing(fn, min_run_time=min_run_time, device=device, blocks=blocks, block_time=block_time).ms
 
