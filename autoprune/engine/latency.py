@@ -265,13 +265,13 @@ def timing(
 
     On a CPU a block is *clean* when the process got the CPU time its threads
     should (90% of threads x wall time; torch's threads spin, so an uncontended
-    block gets all of it). Another process competing for the cores descheduled
-    the others, and they are timed again, for up to ``patience`` x
-    ``min_run_time`` more: measured on this machine, such blocks read anything
-    from 0.5x to 1.5x the truth, and even a median over interleaved rounds
-    passed a network 12 points under its latency. If contention outlasts the
-    patience, the clean blocks there are (or all, if none) give the median, and
-    ``clean`` says how few there were.
+    block gets all of it). A block that got less was descheduled for another
+    process competing for the cores: it is dropped and another one timed, for up
+    to ``patience`` x ``min_run_time`` more. Measured on this machine, with such
+    blocks kept one measurement of a network at 66% of the full latency read
+    anywhere from 52% to 99%. If contention outlasts the patience, the clean
+    blocks there are (or all, if none) give the median, and ``clean`` says how
+    few there were.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     need = 0.9 * _expected_cpu() if device.type == "cpu" else 0.0
