@@ -237,6 +237,7 @@ def test_latency_is_positive_and_a_much_bigger_model_is_slower():
     for result in (small_result, big_result):
         assert math.isfinite(result["latency_ms"]) and result["latency_ms"] > 0
         assert result["score"] == -result["latency_ms"] and result["iqr_ms"] >= 0
+        assert result["runs"] >= 5 and 0 <= result["clean"] <= 1
     assert big_result["latency_ms"] > 3 * small_result["latency_ms"]
     assert tiny.training, "the model's train/eval mode is restored"
 

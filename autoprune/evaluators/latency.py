@@ -2,24 +2,25 @@
 
 Wall-clock latency is noisy on shared machines: another process on the same
 cores can slow a run by far more than its share (MACHINE_NOTES.md §2 saw
-2-thread OpenMP collapse 50-fold under contention). The median over
-`torch.utils.benchmark` blocks damps outliers but cannot undo sustained load, so
-compare latencies measured on the same idle machine, with the same threads and
-batch size, and check `cpu_utilization` (CPU only: process CPU time per wall
-second per thread; well below 1 means the measurement was starved). Prefer
-MACs or a per-layer lookup table where a deterministic cost suffices.
+2-thread OpenMP collapse 50-fold under contention). Timing is the engine's
+(:func:`autoprune.engine.latency.timing`): on a CPU, blocks in which the process
+did not get its threads' CPU time are dropped and timed again, and `clean` says
+what fraction of blocks was kept (well below 1: the machine was too busy to trust
+the number). Still compare latencies measured with the same threads and batch
+size, and prefer MACs or a per-layer lookup table where a deterministic cost
+suffices.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
+from ..engine.latency import timing
 from .base import Evaluator, check_count, num_threads, resolve_device
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -73,31 +74,22 @@ def _benchmark(
         model.to(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
-    timer = benchmark.Timer(
-        stmt="model(*inputs)",
-        globals={"model": model, "inputs": inputs},
-        num_threads=threads,
-    )
     autocast = torch.autocast(resolved.type, dtype=torch.bfloat16, enabled=bf16)
     try:
-        with torch.inference_mode(), autocast:
-            with num_threads(threads):
-                for _ in range(warmup):
-                    model(*inputs)
-            wall, cpu = time.perf_counter(), time.process_time()
-            measurement = timer.blocked_autorange(min_run_time=min_run_time)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        with torch.inference_mode(), autocast, num_threads(threads):
+            for _ in range(warmup):
+                model(*inputs)
+            got = timing(lambda: model(*inputs), min_run_time=min_run_time, device=resolved)
     finally:
         model.train(was_training)
-    result = {
-        "latency_ms": measurement.median * 1e3,
-        "iqr_ms": measurement.iqr * 1e3,
-        "latency_mean_ms": measurement.mean * 1e3,
-        "runs": len(measurement.times),
+    q25, q75 = np.percentile(got.blocks_ms, [25, 75])
+    return {
+        "latency_ms": got.ms,
+        "iqr_ms": float(q75 - q25),
+        "latency_mean_ms": float(np.mean(got.blocks_ms)),
+        "runs": len(got.blocks_ms),
+        "clean": got.clean,
     }
-    if resolved.type == "cpu" and wall > 0:
-        result["cpu_utilization"] = cpu / wall / threads
-    return result
 
 
 def measure_latency(
@@ -136,7 +128,8 @@ class LatencyEvaluator(Evaluator):
     """Score = -median forward latency in milliseconds (higher is faster).
 
     Returns `score`, `latency_ms` (median), `iqr_ms`, `latency_mean_ms`, `runs`
-    (timed blocks) and, on CPU, `cpu_utilization`. Options are those of
+    (timed blocks the median is over) and `clean` (the fraction of blocks no
+    other process disturbed). Options are those of
     `measure_latency`. Latency is noisy on shared machines (see this module's
     docstring): measure candidates on an otherwise idle machine with fixed
     `threads`, and prefer batch sizes well above 1 on CPU, where batch-1 time
