@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         "reduction": args.reduction,
         "rounds": args.rounds,
         "margin": args.margin,
+        "trials": args.trials,
         "base_test": base_test["accuracy"],
         "runs": runs,
     }
@@ -175,7 +176,7 @@ def section(r: dict, seconds: float) -> str:
     return f"""## NetAdapt under a latency budget: held as measured{widths}
 
 `python benchmarks/netadapt_latency.py --batch {r["batch"]} --budget {b} --runs {len(r["runs"])} \
---round-to {r["round_to"]}` —
+--trials {r["trials"]} --round-to {r["round_to"]}` —
 pretrained zoo ResNet-20 on Fashion-MNIST, CPU `{hardware("cpu")}` ({os.cpu_count()} cores, shared), 1 thread,
 batch {r["batch"]}, torch {torch.__version__}, Python {platform.python_version()}, {allocator}.
 Each run builds its own `LatencyTable` and runs NetAdapt (first reduction {r["reduction"]:.0%} of the full
@@ -210,7 +211,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.6)
     parser.add_argument("--finetune", type=int, default=20, help="short-term fine-tune steps per proposal")
     parser.add_argument("--reduction", type=float, default=0.08, help="first resource reduction per iteration")
-    parser.add_argument("--trials", type=int, default=120, help="cap on evaluations")
+    parser.add_argument("--trials", type=int, default=300, help="cap on evaluations")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds afterwards")
     parser.add_argument("--margin", type=float, default=0.03, help="latency_margin: a fraction of the budget")
     parser.add_argument("--round-to", type=int, default=1, help="channel counts kept in multiples of this")
