@@ -267,6 +267,22 @@ class Residual3d(nn.Module):
         return self.fc(x.mean((2, 3, 4)))
 
 
+class RelativePositions(nn.Module):
+    """Relative-position terms from torch.arange over the sequence (as MViT's attention computes them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.fc2 = nn.Linear(12, 3)
+        self.rel = nn.Parameter(torch.randn(13))
+
+    def forward(self, x):
+        n = x.shape[1]
+        dist = torch.arange(n)[:, None] - torch.arange(n)[None, :] + (n - 1)
+        bias = self.rel[dist.long()].mean(-1)  # (n,)
+        return self.fc2(F.relu(self.fc1(x))) + bias[None, :, None]
+
+
 class WeightNormed(nn.Module):
     """Both weight-norm flavours: a parametrization and the older forward pre-hook."""
 
@@ -297,6 +313,7 @@ CASES = {
     "einsum_attention": (EinsumAttention, (torch.randn(2, 7, 5),)),
     "transformer": (Transformer, (torch.randn(2, 7, 6),)),
     "residual_3d": (Residual3d, (torch.randn(2, 3, 4, 8, 8),)),
+    "relative_positions": (RelativePositions, (torch.randn(2, 7, 6),)),
 }
 
 

@@ -14,9 +14,7 @@ torchvision = pytest.importorskip("torchvision")
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
-# mvit_v2_s is left out: at its fixed 16x224x224 input the trace takes three minutes, and the engine then
-# finds no prunable group (every channel frozen; not yet investigated): a known gap, left out rather than hidden.
-VIDEO = [m for m in torchvision.models.list_models(module=torchvision.models.video) if m != "mvit_v2_s"]
+VIDEO = torchvision.models.list_models(module=torchvision.models.video)
 
 
 def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -46,7 +44,7 @@ def _build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def test_all_classification_segmentation_and_video_models_are_covered():
-    assert len(MODELS) >= 80 and len(SEGMENTATION) >= 6 and len(VIDEO) >= 8
+    assert len(MODELS) >= 80 and len(SEGMENTATION) >= 6 and len(VIDEO) >= 9
 
 
 @pytest.mark.parametrize("name", MODELS + SEGMENTATION + VIDEO)

@@ -46,7 +46,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .axes import Expr
-from .trace import _no_mha_fastpath
+from .trace import UNSEQUENCED, _no_mha_fastpath
 
 if TYPE_CHECKING:
     from .space import PruningSpace
@@ -129,6 +129,12 @@ class _CallRecorder(TorchDispatchMode):
         ops = self.space._ops
         outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
         name = func.overloadpacket.__name__
+        if name in UNSEQUENCED:  # an identity op the trace left out: its output has its input's dims
+            if isinstance(args[0], torch.Tensor) and id(args[0]) in self.dims:
+                for o in outs:
+                    self.dims[id(o)] = self.dims[id(args[0])]
+                    self.alive.append(o)
+            return out
         rec = ops[self.index] if self.index < len(ops) else None
         shapes = [tuple(o.shape) for o in outs]
         if rec is None or rec.name != name or (self.same_batch and rec.shapes != shapes):

@@ -24,6 +24,11 @@ from .axes import AxisTable, Expr, Incompatible
 
 Rule = Callable[["Tracer", Any, tuple, dict, list, Any], None]
 
+#: Identity ops that one dispatch mode sees and another does not (the tracer sees a ``detach`` after
+#: ``torch.arange(n)`` that a plain recorder never does): mapped like any op, but left out of every op
+#: sequence, so the trace and a re-run of the pruned model line up op for op.
+UNSEQUENCED = frozenset({"detach", "alias", "lift_fresh"})
+
 
 @dataclass
 class OpRecord:
@@ -171,6 +176,8 @@ class Tracer(TorchDispatchMode):
         name = func.overloadpacket.__name__
         outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
         record = OpRecord(name, self.stack[-1] if self.stack else "", [], []) if self.recording else None
+        if name in UNSEQUENCED:
+            record = None
         self._current = record
         rule = self.rules.get(name.rstrip("_") if not name.startswith("__") else name)
         if func.overloadpacket in _FLOP_PACKETS and name not in self.flop_ops:
@@ -280,8 +287,9 @@ class ShapeRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        outs = [tuple(o.shape) for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-        self.ops.append((func.overloadpacket.__name__, outs))
+        name = func.overloadpacket.__name__
+        if name not in UNSEQUENCED:
+            self.ops.append((name, [tuple(o.shape) for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]))
         return out
 
     def run(self, model: nn.Module, inputs: tuple) -> None:
