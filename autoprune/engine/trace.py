@@ -175,9 +175,8 @@ class Tracer(TorchDispatchMode):
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
         outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-        record = OpRecord(name, self.stack[-1] if self.stack else "", [], []) if self.recording else None
-        if name in UNSEQUENCED:
-            record = None
+        recorded = self.recording and name not in UNSEQUENCED
+        record = OpRecord(name, self.stack[-1] if self.stack else "", [], []) if recorded else None
         self._current = record
         rule = self.rules.get(name.rstrip("_") if not name.startswith("__") else name)
         if func.overloadpacket in _FLOP_PACKETS and name not in self.flop_ops:
