@@ -352,10 +352,17 @@ def _run_workers(
 
 
 def _best_text(study: optuna.Study) -> str:
+    """The best score among completed trials that meet the budget (what export would take)."""
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not trials:
         return "-"
-    return f"{max(t.values[0] for t in trials):.4f}"
+    meeting = [t for t in trials if _meets(t)]
+    return f"{max(t.values[0] for t in meeting):.4f}" if meeting else "- (none meets the budget yet)"
+
+
+def _meets(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial meets the budget when every constraint the runner recorded is <= 0 (Optuna's feasibility)."""
+    return all(c <= 0 for c in t.constraints.values())
 
 
 def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> dict[str, float]:
@@ -497,6 +504,7 @@ def show(
             {
                 "number": t.number,
                 "score": t.values[0],
+                "meets_budget": _meets(t),
                 "macs": t.user_attrs.get("macs"),
                 "params": t.user_attrs.get("params"),
             }
@@ -513,8 +521,10 @@ def show(
 
 
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, those meeting the budget first, each part by score (NetAdapt's early proposals score
+    high but are over the budget)."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: -t.values[0])
+    return sorted(done, key=lambda t: (not _meets(t), -t.values[0]))
 
 
 def _table(study: optuna.Study, top: int) -> None:
@@ -523,12 +533,13 @@ def _table(study: optuna.Study, top: int) -> None:
     table = Table(
         title=f"{study.study_name}: {counts['COMPLETE']} complete, {counts['FAIL']} failed, {counts['RUNNING']} running"
     )
-    for col in ("trial", "score", "MMACs", "params", "strategy", "seconds"):
+    for col in ("trial", "score", "budget", "MMACs", "params", "strategy", "seconds"):
         table.add_column(col, justify="right")
     for t in _ranked(study)[:top]:
         table.add_row(
             str(t.number),
             f"{t.values[0]:.4f}",
+            "meets" if _meets(t) else "over",
             f"{t.user_attrs.get('macs', 0) / 1e6:.2f}",
             f"{t.user_attrs.get('params', 0):,}",
             str(t.user_attrs.get("strategy", "")),

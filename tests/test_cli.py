@@ -111,3 +111,23 @@ def test_every_shipped_study_file_validates():
     for f in files:
         config, _ = load_study_file(f)
         assert config.study_name == f.stem
+
+
+def test_show_lists_trials_meeting_the_budget_first(tmp_path):
+    """NetAdapt's proposals before its last iteration are over the budget (on a trained model they score best):
+    show ranks the trials that meet it first, and its first row is the trial search exported."""
+    study = tmp_path / "walk.yaml"
+    study.write_text(
+        STUDY.replace("study_name: tiny", "study_name: walk")
+        .replace("strategy: {name: tpe}", "strategy: {name: netadapt, options: {initial_reduction: 0.2}}")
+        .replace("n_trials: 3", "n_trials: 200")
+    )
+    run = _cli("search", str(study), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr + run.stdout
+    shown = _cli("show", str(study), "--json", "--top", "200", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout[: shown.stdout.rindex("]") + 1])
+    meets = [r["meets_budget"] for r in rows]
+    assert meets[0] and not meets[-1] and meets == sorted(meets, reverse=True)
+    exported = json.loads((tmp_path / "out" / "walk" / "structure.json").read_text())
+    assert exported["trial"] == rows[0]["number"]
