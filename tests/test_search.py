@@ -176,6 +176,27 @@ def test_resume_after_sigkill_mid_trial(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in after) == 6  # the study-wide total is exact
 
 
+def test_a_trial_killed_before_it_recorded_its_worker_is_retried_at_once(tmp_path, digits_space, evaluator):
+    """A process killed between asking for a trial and recording its worker leaves a RUNNING trial no heartbeat
+    can clear. A SQLite study has one process at a time, so reopening it fails that trial as stale and retries its
+    plan at once (with a 10-minute heartbeat, waiting for it to look dead would outlast the search's timeout)."""
+    url = _url(tmp_path)
+    budget = ap.Budget(macs=0.6)
+    ap.search(digits_space, evaluator, budget, n_trials=3, storage=url, study_name="s", seed=0)
+    study = optuna.load_study(study_name="s", storage=url)
+    orphan = study.ask(fixed_distributions=study.trials[-1].distributions)  # what the killed process left behind
+
+    ap.search(
+        digits_space, evaluator, budget, n_trials=4, storage=url, study_name="s", heartbeat_interval=600, timeout=120
+    )
+    after = optuna.load_study(study_name="s", storage=url).trials
+    failed = after[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["stale"] is True
+    retry = [t for t in after if t.user_attrs.get("retry_of") == orphan.number]
+    assert len(retry) == 1 and retry[0].params == failed.params and retry[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 4
+
+
 def test_export_then_load_gives_identical_outputs(tmp_path, digits_space, evaluator):
     study = ap.search(digits_space, evaluator, ap.Budget(macs=0.5), n_trials=3, storage=_url(tmp_path), study_name="e")
     plan = ap.best_plan(study)

@@ -10,7 +10,9 @@ trial records its worker (host and pid) and a heartbeat counter in its user
 attributes. A trial is dead when its worker's process is gone (same host) or
 when its heartbeat has not changed for three heartbeat intervals (the longer of
 the observer's and the worker's) of the observer's own clock (any host; no clock
-synchronisation needed).
+synchronisation needed). A SQLite study has one process at a time (a second live
+one is refused), so a trial still RUNNING when it is opened is dead at once, even
+one whose process was killed between asking for it and recording its worker.
 """
 
 from __future__ import annotations
@@ -199,11 +201,14 @@ def _process_gone(pid: int) -> bool:
 class Liveness:
     """Tells which RUNNING trials belong to a dead worker (see the module docstring)."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, orphans: Iterable[int] = ()) -> None:
         self.interval = interval
+        self.orphans = set(orphans)  # trial ids known dead: RUNNING when a single-process study was opened
         self._seen: dict[int, tuple[object, float]] = {}
 
     def dead(self, t: optuna.trial.FrozenTrial) -> bool:
+        if t._trial_id in self.orphans:
+            return True
         worker = t.user_attrs.get(WORKER)
         if isinstance(worker, dict) and worker.get("host") == HOST and _process_gone(int(worker.get("pid", -1))):
             return True

@@ -114,7 +114,10 @@ def search(
     )
     if not join:
         strat.setup(ctx)
-    liveness = Liveness(heartbeat_interval)
+    orphans = []  # SQLite: one process per study (another live one was refused), so what runs now is a crash's
+    if is_sqlite(study._storage):
+        orphans = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    liveness = Liveness(heartbeat_interval, orphans)
     poll = min(heartbeat_interval, 2.0)
     dists = ctx.distributions()
     callbacks = list(callbacks)
