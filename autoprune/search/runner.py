@@ -114,7 +114,7 @@ def search(
     )
     if not join:
         strat.setup(ctx)
-    orphans = []  # SQLite: one process per study (another live one was refused), so what runs now is a crash's
+    orphans = []  # SQLite has one process per study (a live second one was refused): what is RUNNING, a crash left
     if is_sqlite(study._storage):
         orphans = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     liveness = Liveness(heartbeat_interval, orphans)
