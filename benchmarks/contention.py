@@ -17,6 +17,7 @@ machine with the check. Writes the ``latency-contention`` section of BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def main() -> None:
 `python benchmarks/contention.py --batch {args.batch} --measurements {args.measurements}` —
 pretrained zoo ResNet-20 on Fashion-MNIST pruned {args.sparsity:.0%} uniformly, measured with
 `LatencyTable.measure` (5 interleaved rounds beside the unpruned model, median of the per-round
-ratios) at batch {args.batch}, 1 thread, CPU `{hardware("cpu")}` (2 cores), torch {torch.__version__},
+ratios) at batch {args.batch}, 1 thread, CPU `{hardware("cpu")}` ({os.cpu_count()} cores), torch {torch.__version__},
 Python {platform.python_version()}. Each load runs in another process: *steady* = 2-thread 1024² matmuls
 without pause, *bursty* = the same on and off every 0.05–0.4 s. Check *on*: only blocks in which this
 process got 90% of a core per thread are kept (`autoprune.engine.latency.timing`); *off*: every block

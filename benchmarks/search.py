@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import tempfile
 import time
@@ -226,7 +227,7 @@ def main() -> None:
         f"Without fine-tuning, {1 - args.budget:.0%} of the MACs removed in one shot costs a lot of accuracy for "
         "every method; the ranking between strategies is what this table is for. One run, one seed: differences "
         "below about one point are within the noise of the 2048-image scoring set. Wall times are from a shared "
-        "2-core machine.",
+        f"{os.cpu_count()}-core machine.",
         "",
         *_verdicts(
             tests,
