@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 import autoprune as ap
 from autoprune.search import Projector, SearchContext
-from autoprune.search.ledger import counted, make_storage
+from autoprune.search.ledger import HUNG_TRANSACTION_S, counted, make_storage
 from autoprune.search.runner import _surplus
 from autoprune.search.strategy import BATCH, enqueue_batch, is_duplicate
 
@@ -148,6 +148,25 @@ def test_a_dead_workers_trial_fails_and_its_plan_is_retried(tmp_path, storage, h
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == doomed.params
     assert sum(t.state == TrialState.COMPLETE for t in ts) == 8
     assert [t for t in ts if t.state == TrialState.FAIL] == [failed]  # nothing else lost
+
+
+def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path, postgres):
+    """A worker stopped mid-transaction holds its row locks (Optuna locks the study row to number a new trial, a
+    heartbeat's upsert key-share-locks its trial): the server ends that transaction, so the others go on."""
+    import sqlalchemy
+
+    url = new_database(postgres, f"db_frozen_{os.getpid()}_{time.time_ns() % 10**9}")
+    path = study_file(tmp_path, "frozen", n_trials=3)
+    assert cli("study", "create", str(path), "--storage", url, cwd=tmp_path).returncode == 0
+    store = make_storage(url, "frozen", create=False)  # connections made the way every worker makes them
+    holder = store.engine.connect()
+    holder.begin()
+    holder.execute(sqlalchemy.text("SELECT * FROM studies FOR UPDATE"))  # ...and then the process is frozen
+    try:
+        finish([start_worker(path, url)], timeout=4 * HUNG_TRANSACTION_S)
+    finally:
+        holder.invalidate()
+    assert counted(trials(url, "frozen")) == 3
 
 
 def test_netadapt_with_two_workers_makes_the_same_iterations_as_with_one(tmp_path, storage):

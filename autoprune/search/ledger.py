@@ -13,6 +13,8 @@ the observer's and the worker's) of the observer's own clock (any host; no clock
 synchronisation needed). A SQLite study has one process at a time (a second live
 one is refused), so a trial still RUNNING when it is opened is dead at once, even
 one whose process was killed between asking for it and recording its worker.
+A worker frozen inside a PostgreSQL transaction loses it after ``HUNG_TRANSACTION_S``,
+so its locks do not stop the others.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
+# A worker frozen inside a transaction (SIGSTOP, a hung host) holds its row locks: Optuna locks the study row to
+# number a new trial, and a heartbeat's upsert share-locks its trial, which blocks failing it. On PostgreSQL the
+# server ends a transaction left idle this long, as Optuna's journal storage breaks a lock file after 30 s.
+HUNG_TRANSACTION_S = 30
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DISCARDED = "discarded"  # why a trial was closed without being evaluated (a duplicate proposal, an empty ask)
 WORKER = "worker"  # {"host", "pid", "beat"}: who runs the trial, and its heartbeat counter
@@ -69,6 +75,8 @@ def make_storage(
     url = _driver(url or default_storage(study_name))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         connect_args = {"connect_timeout": int(max(timeout, 1))} if url.startswith(("postgresql", "mysql")) else {}
+        if url.startswith("postgresql"):
+            connect_args["options"] = f"-c idle_in_transaction_session_timeout={HUNG_TRANSACTION_S * 1000}"
         _check_database(url, connect_args, create)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
