@@ -298,6 +298,50 @@ class WeightNormed(nn.Module):
         return self.c(F.relu(self.b(F.relu(self.a(x)))))
 
 
+class LstmClassifier(nn.Module):
+    """Token ids -> 2-layer bidirectional LSTM -> the last layer's final states of both directions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 10)
+        self.rnn = nn.LSTM(10, 12, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        _, (h, _) = self.rnn(self.emb(x))
+        return self.head(torch.cat([h[-2], h[-1]], 1))
+
+
+class PackedGru(nn.Module):
+    """Variable-length sequences: pack_padded_sequence -> GRU -> pad_packed_sequence (time-major)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 10)
+        self.rnn = nn.GRU(10, 14)
+        self.head = nn.Linear(14, 3)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(torch.relu(self.inp(x)), lengths, enforce_sorted=False)
+        y, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0])
+        return self.head(y.sum(0) / lengths[:, None])
+
+
+class HandWrittenRnn(nn.Module):
+    """A recurrent loop written by hand, its state created from an attribute: torch.zeros(B, self.hidden)."""
+
+    def __init__(self, hard_coded: bool = False) -> None:
+        super().__init__()
+        self.hidden, self.hard_coded = 12, hard_coded
+        self.inp, self.rec, self.out = nn.Linear(5, 12), nn.Linear(12, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 12 if self.hard_coded else self.hidden)
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+        return self.out(h)
+
+
 CASES = {
     "shared_layer": (SharedLayer, (torch.randn(2, 3, 16, 16),)),
     "chunk_cat": (ChunkCat, (torch.randn(2, 3, 8, 8),)),
@@ -314,6 +358,9 @@ CASES = {
     "transformer": (Transformer, (torch.randn(2, 7, 6),)),
     "residual_3d": (Residual3d, (torch.randn(2, 3, 4, 8, 8),)),
     "relative_positions": (RelativePositions, (torch.randn(2, 7, 6),)),
+    "lstm": (LstmClassifier, (torch.randint(0, 30, (2, 6)),)),
+    "packed_gru": (PackedGru, (torch.randn(7, 3, 4), torch.tensor([7, 3, 5]))),
+    "hand_written_rnn": (HandWrittenRnn, (torch.randn(2, 6, 5),)),
 }
 
 
@@ -324,6 +371,54 @@ def test_tricky_model_contract(case):
     model = _bn_init(cls())
     space = check_contract(model, inputs, train_batch=inputs)
     assert space.groups, "nothing prunable found"
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_an_rnn_loses_exactly_the_hidden_units_the_criterion_drops(cell):
+    """Units whose weights are all zero never change the output; pruning removes exactly them, in every gate,
+    layer and direction, so the pruned RNN computes what the original does."""
+    torch.manual_seed(0)
+    rnn = cell(6, 16, num_layers=2, bidirectional=True, batch_first=True)
+    model = nn.Sequential()
+    model.rnn, model.head = rnn, nn.Linear(32, 3)
+
+    class Last(nn.Module):
+        def __init__(self, m: nn.Sequential) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.head(self.m.rnn(x)[0][:, -1])
+
+    net = Last(model).eval()
+    dead = torch.tensor([1, 4, 5, 11])
+    gates = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[cell]
+    rows = (torch.arange(gates)[:, None] * 16 + dead).flatten()
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            p[rows] = 0  # the dead units' inputs and biases, in every gate
+            if name.startswith("weight_hh"):
+                p[:, dead] = 0  # their outputs into the recurrence...
+            elif name.startswith("weight_ih") and "_l0" not in name:
+                p[:, torch.cat([dead, dead + 16])] = 0  # ...into both directions of the next layer...
+        model.head.weight[:, torch.cat([dead, dead + 16])] = 0  # ...and into the head
+    x = torch.randn(3, 5, 6)
+    space = ap.PruningSpace(net, x)
+    (group,) = [g for g in space.groups if g.channels == 16]
+    pruned = space.apply({group.name: 0.25}, criterion="l1")
+    assert pruned.m.rnn.hidden_size == 12 and pruned.m.head.in_features == 24
+    assert torch.allclose(pruned(x), net(x), atol=1e-5)
+    assert space.macs({group.name: 0.25}) == ap.count_macs(pruned, x)
+
+
+def test_a_state_sized_by_an_attribute_prunes_and_a_hard_coded_one_freezes():
+    space = ap.PruningSpace(HandWrittenRnn(), torch.randn(2, 6, 5))
+    (group,) = space.groups
+    assert group.channels == 12 and set(group.layers) == {"inp", "rec", "out"}
+    assert space.apply({group.name: 0.5}).hidden == 6  # the attribute follows
+    with pytest.warns(UserWarning, match="frozen"):
+        space = ap.PruningSpace(HandWrittenRnn(hard_coded=True), torch.randn(2, 6, 5))
+    assert space.groups == []
 
 
 def test_shared_layer_couples_its_input_and_output():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .trace import _no_mha_fastpath
+from .trace import _plain_kernels
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:  # noqa: ANN001
@@ -22,15 +22,15 @@ _EXTRA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one eval-mode forward pass, as ``FlopCounterMode`` counts them / 2.
 
-    nn.MultiheadAttention's fused fast path is switched off so that its
-    projections and attention are counted like any other matmul.
+    Fused kernels (nn.MultiheadAttention's fast path, oneDNN / cuDNN RNNs) are
+    switched off so that their matmuls are counted like any other.
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
-        with _no_mha_fastpath(), torch.no_grad(), counter:
+        with _plain_kernels(), torch.no_grad(), counter:
             model(*inputs)
     finally:
         model.train(was_training)

@@ -46,7 +46,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .axes import Expr
-from .trace import UNSEQUENCED, _no_mha_fastpath
+from .trace import UNSEQUENCED, _plain_kernels
 
 if TYPE_CHECKING:
     from .space import PruningSpace
@@ -182,7 +182,7 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
     rec = _CallRecorder(space, inputs)
     try:
         model.eval()
-        with _no_mha_fastpath(), torch.no_grad(), rec:
+        with _plain_kernels(), torch.no_grad(), rec:
             model(*inputs)
     finally:
         for m, flag in flags:

@@ -65,6 +65,16 @@ def _mha(m: nn.Module) -> None:
     m.head_dim = m.embed_dim // m.num_heads
 
 
+def _rnn(m: nn.Module) -> None:
+    """nn.RNN / GRU / LSTM: one input and hidden width for all layers; the cached flat weights are re-collected."""
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    m.input_size = m.weight_ih_l0.shape[1]
+    m.hidden_size = m.weight_ih_l0.shape[0] // gates
+    if m.proj_size > 0:
+        m.proj_size = m.weight_hr_l0.shape[0]
+    m._init_flat_weights()
+
+
 UPDATERS: dict[type, Updater] = {
     nn.modules.conv._ConvNd: _conv,
     nn.Linear: _linear,
@@ -76,6 +86,7 @@ UPDATERS: dict[type, Updater] = {
     nn.Embedding: _embedding,
     nn.PReLU: _prelu,
     nn.MultiheadAttention: _mha,
+    nn.RNNBase: _rnn,
 }
 
 

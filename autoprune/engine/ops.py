@@ -112,10 +112,15 @@ scalar_tensor eye new_empty new_zeros new_ones new_full new_empty_strided
 """.split()
 
 
+# Factories whose values do not depend on their size: a narrower one is the same tensor, cut.
+FILLS = frozenset("empty empty_strided zeros ones full randn rand normal new_empty new_zeros new_ones new_full".split())
+
+
 @rule(*CONSTANTS)
 def constant(t: Tracer, func, args, kwargs, outs, out) -> None:
+    fill = func.overloadpacket.__name__ in FILLS
     for o in outs:
-        t.set(o, [t.fresh(s) for s in o.shape])
+        t.set(o, t.created(tuple(o.shape)) if fill else [t.fresh(s) for s in o.shape])
 
 
 @rule("_local_scalar_dense", "is_nonzero", "item", "equal", "allclose", "_assert_async", "_assert_tensor_metadata")
@@ -438,6 +443,24 @@ def unbind(t: Tracer, func, args, kwargs, outs, out) -> None:
     t.freeze(d[dim])
     for o in outs:
         t.set(o, d[:dim] + d[dim + 1 :])
+
+
+@rule("_pack_padded_sequence")
+def pack_padded(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """Padded (T, B, *F) or (B, T, *F) to packed (sum of lengths, *F): time and batch merge, features carry on."""
+    x = args[0]
+    data, batch_sizes = out
+    t.set(data, [t.fresh(data.shape[0]), *t.dims(x)[2:]])
+    t.set(batch_sizes, [t.fresh(s) for s in batch_sizes.shape])
+
+
+@rule("_pad_packed_sequence")
+def pad_packed(t: Tracer, func, args, kwargs, outs, out) -> None:
+    """Packed (N, *F) back to padded (T, B, *F) or (B, T, *F)."""
+    data = args[0]
+    padded, lengths = out
+    t.set(padded, [t.fresh(padded.shape[0]), t.fresh(padded.shape[1]), *t.dims(data)[1:]])
+    t.set(lengths, [t.fresh(s) for s in lengths.shape])
 
 
 @rule("cat", "concat", "concatenate")

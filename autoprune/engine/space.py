@@ -83,6 +83,7 @@ class PruningSpace:
         with _preserved(model):
             model.eval()
             tracer = Tracer(model, RULES, FLOP_OPS)
+            tracer.guess_created = verify
             try:
                 tracer.run(self.example_inputs, record=True)
             except Exception as err:  # noqa: BLE001 - re-raised below with the model's own error

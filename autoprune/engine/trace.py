@@ -80,6 +80,7 @@ class Tracer(TorchDispatchMode):
         self.stack: list[str] = []
         self.recording = True
         self._int_attrs: dict[str, dict[int, list[str]]] = {}
+        self.guess_created = False  # see created(): set when a verification will test the guesses
         self._current: OpRecord | None = None
 
     # -- helpers used by the rules ------------------------------------------------
@@ -150,14 +151,37 @@ class Tracer(TorchDispatchMode):
     def bind_sizes(self, dims: list[Expr], shape: tuple[int, ...]) -> None:
         """Bind integer attributes of the running modules equal to a prunable dim's size."""
         for e, size in zip(dims, shape):
-            if size <= 1 or self.axes.is_frozen(e):
-                continue
-            for mod in reversed(self.stack):
-                attrs = self._attrs_of(mod).get(size)
-                if attrs:
-                    for a in attrs:
-                        self.bind(mod, a, [e])
-                    break
+            if size > 1 and not self.axes.is_frozen(e):
+                self._bind_attrs(e, size)
+
+    def created(self, shape: tuple[int, ...]) -> list[Expr]:
+        """Dims of a tensor the model fills itself (``torch.zeros(B, self.hidden_size)``, ``x.new_zeros(x.shape)``).
+
+        A dim the size of an integer attribute of the running module is taken to
+        be sized by it: it stays prunable and the attribute is bound to it, so the
+        pruned module creates the narrower tensor. Any other dim is prunable too
+        when ``guess_created`` is set (it may be computed from another tensor's
+        shape, as ``pad_packed_sequence`` sizes its output), else a constant.
+        Verification tests every such guess and freezes the groups it breaks.
+        """
+        dims = []
+        for size in shape:
+            e = self.axes.new_expr(size, True)
+            if size > 1:
+                free = self.axes.new_expr(size, False)
+                if self._bind_attrs(free, size) or self.guess_created:
+                    e = free
+            dims.append(e)
+        return dims
+
+    def _bind_attrs(self, e: Expr, size: int) -> bool:
+        for mod in reversed(self.stack):
+            attrs = self._attrs_of(mod).get(size)
+            if attrs:
+                for a in attrs:
+                    self.bind(mod, a, [e])
+                return True
+        return False
 
     def _attrs_of(self, mod: str) -> dict[int, list[str]]:
         got = self._int_attrs.get(mod)
@@ -248,7 +272,7 @@ class Tracer(TorchDispatchMode):
         for t in pytree.tree_leaves(inputs):
             if isinstance(t, torch.Tensor):
                 self.set(t, [self.fresh(s) for s in t.shape])
-        with _no_mha_fastpath(), torch.no_grad(), self._module_stack(), self:
+        with _plain_kernels(), torch.no_grad(), self._module_stack(), self:
             out = self.model(*inputs)
         for t in pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor):
@@ -267,14 +291,25 @@ _FLOP_PACKETS = _flop_packets() | {torch.ops.aten._scaled_dot_product_flash_atte
 
 
 @contextlib.contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """nn.MultiheadAttention's fused fast path hides its matmuls in one opaque op."""
-    before = torch.backends.mha.get_fastpath_enabled()
+def _plain_kernels() -> Iterator[None]:
+    """Composite layers as the ops they are made of, not one fused op that hides their channels.
+
+    nn.MultiheadAttention's fast path is one opaque op; so are nn.LSTM on oneDNN
+    (``mkldnn_rnn_layer``) and every RNN on cuDNN (``_cudnn_rnn``, with its weights
+    in one flat buffer). Without them an RNN runs as matmuls, gate chunks and
+    element-wise ops, which the op table maps. The shapes are the same either way.
+    """
+    # torch.backends.*.flags() would also set TF32 flags, which warns on every call.
+    before = torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled(), torch._C._get_cudnn_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    torch._C._set_mkldnn_enabled(False)
+    torch._C._set_cudnn_enabled(False)
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(before)
+        torch.backends.mha.set_fastpath_enabled(before[0])
+        torch._C._set_mkldnn_enabled(before[1])
+        torch._C._set_cudnn_enabled(before[2])
 
 
 class ShapeRecorder(TorchDispatchMode):
@@ -292,5 +327,5 @@ class ShapeRecorder(TorchDispatchMode):
         return out
 
     def run(self, model: nn.Module, inputs: tuple) -> None:
-        with _no_mha_fastpath(), torch.no_grad(), self:
+        with _plain_kernels(), torch.no_grad(), self:
             model(*inputs)

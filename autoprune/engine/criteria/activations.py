@@ -15,7 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..trace import _no_mha_fastpath
+from ..trace import _plain_kernels
 from .base import batches
 
 ACTIVATIONS = {
@@ -106,7 +106,7 @@ def activation_scores(
         model.eval()
         for inputs, _ in batches(calibration):
             col = _Collector(points, names, stat)
-            with _no_mha_fastpath(), torch.no_grad(), col:
+            with _plain_kernels(), torch.no_grad(), col:
                 model(*inputs)
             for key, v in col.sums.items():
                 totals[key] = totals[key] + v if key in totals else v
