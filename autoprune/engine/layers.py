@@ -90,6 +90,29 @@ UPDATERS: dict[type, Updater] = {
 }
 
 
+# The width attributes each updater re-derives from the weights. They are never bound to a traced dim: their
+# values match dims by coincidence too (a square Linear's in_features is its out_features, and the views that
+# flatten a Linear's 3-d input would bind both), which would couple unrelated channels.
+DERIVED: dict[type, frozenset[str]] = {
+    nn.modules.conv._ConvNd: frozenset({"in_channels", "out_channels"}),
+    nn.Linear: frozenset({"in_features", "out_features"}),
+    nn.Bilinear: frozenset({"in1_features", "in2_features", "out_features"}),
+    nn.modules.batchnorm._NormBase: frozenset({"num_features"}),
+    nn.GroupNorm: frozenset({"num_channels"}),
+    nn.Embedding: frozenset({"num_embeddings", "embedding_dim"}),
+    nn.PReLU: frozenset({"num_parameters"}),
+    nn.MultiheadAttention: frozenset({"embed_dim", "kdim", "vdim"}),
+    nn.RNNBase: frozenset({"input_size", "hidden_size", "proj_size"}),
+}
+
+
+def derived_attrs(m: nn.Module) -> frozenset[str]:
+    for cls in type(m).__mro__:
+        if cls in DERIVED:
+            return DERIVED[cls]
+    return frozenset()
+
+
 def updater_for(m: nn.Module) -> Updater | None:
     for cls in type(m).__mro__:
         u = UPDATERS.get(cls)

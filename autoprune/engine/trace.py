@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import layers
 from .axes import AxisTable, Expr, Incompatible
 
 Rule = Callable[["Tracer", Any, tuple, dict, list, Any], None]
@@ -175,20 +176,26 @@ class Tracer(TorchDispatchMode):
         return dims
 
     def _bind_attrs(self, e: Expr, size: int) -> bool:
+        """Bind the innermost running module's int attributes of this size, up to the first known layer:
+        what runs inside a Linear or a Conv (the views that flatten its input) sizes nothing outside it."""
         for mod in reversed(self.stack):
             attrs = self._attrs_of(mod).get(size)
             if attrs:
                 for a in attrs:
                     self.bind(mod, a, [e])
                 return True
+            if layers.updater_for(self.modules[mod]) is not None:
+                return False
         return False
 
     def _attrs_of(self, mod: str) -> dict[int, list[str]]:
         got = self._int_attrs.get(mod)
         if got is None:
             got = {}
-            for k, v in vars(self.modules[mod]).items():
-                if type(v) is int and not k.startswith("_"):
+            m = self.modules[mod]
+            derived = layers.derived_attrs(m)
+            for k, v in vars(m).items():
+                if type(v) is int and not k.startswith("_") and k not in derived:
                     got.setdefault(v, []).append(k)
             self._int_attrs[mod] = got
         return got
