@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+from typing import Iterator
 
 import torch
 
@@ -112,6 +113,10 @@ class AxisTable:
 
     def is_frozen(self, expr: Expr) -> bool:
         return all(self._nodes[r].frozen for r in self.atoms(expr))
+
+    def frozen_atom(self, expr: Expr) -> Iterator[bool]:
+        """For each atom of ``expr`` of size > 1: whether it is frozen."""
+        return (self._nodes[r].frozen for r in self.atoms(expr) if self._nodes[r].size > 1)
 
     def freeze(self, expr: Expr) -> None:
         for r in self.atoms(expr):

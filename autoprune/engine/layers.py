@@ -75,6 +75,11 @@ def _rnn(m: nn.Module) -> None:
     m._init_flat_weights()
 
 
+def _hf_conv1d(m: nn.Module) -> None:
+    """Hugging Face's Conv1D (GPT-2): a Linear with its weight stored (in, out)."""
+    m.nx, m.nf = m.weight.shape
+
+
 UPDATERS: dict[type, Updater] = {
     nn.modules.conv._ConvNd: _conv,
     nn.Linear: _linear,
@@ -110,7 +115,23 @@ def derived_attrs(m: nn.Module) -> frozenset[str]:
     for cls in type(m).__mro__:
         if cls in DERIVED:
             return DERIVED[cls]
-    return frozenset()
+    named = _named(m)
+    return named[1] if named else frozenset()
+
+
+# Layers of other libraries, by qualified class name so that they need not be imported:
+# (updater, derived attributes, the output dim of each parameter).
+NAMED: dict[str, tuple[Updater, frozenset[str], dict[str, int]]] = {
+    "transformers.pytorch_utils.Conv1D": (_hf_conv1d, frozenset({"nx", "nf"}), {"weight": 1}),
+}
+
+
+def _named(m: nn.Module) -> tuple[Updater, frozenset[str], dict[str, int]] | None:
+    for cls in type(m).__mro__:
+        got = NAMED.get(f"{cls.__module__}.{cls.__qualname__}")
+        if got is not None:
+            return got
+    return None
 
 
 def updater_for(m: nn.Module) -> Updater | None:
@@ -118,7 +139,8 @@ def updater_for(m: nn.Module) -> Updater | None:
         u = UPDATERS.get(cls)
         if u is not None:
             return u
-    return None
+    named = _named(m)
+    return named[0] if named else None
 
 
 def output_dim(m: nn.Module, param: str) -> int | None:
@@ -129,6 +151,9 @@ def output_dim(m: nn.Module, param: str) -> int | None:
         return 0
     if isinstance(m, nn.Embedding) and param == "weight":
         return 1
+    named = _named(m)
+    if named is not None and param in named[2]:
+        return named[2][param]
     if isinstance(m, nn.MultiheadAttention) and param in (
         "in_proj_weight",
         "q_proj_weight",

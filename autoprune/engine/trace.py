@@ -150,9 +150,17 @@ class Tracer(TorchDispatchMode):
                 self.unify(a, b)
 
     def bind_sizes(self, dims: list[Expr], shape: tuple[int, ...]) -> None:
-        """Bind integer attributes of the running modules equal to a prunable dim's size."""
-        for e, size in zip(dims, shape):
-            if size > 1 and not self.axes.is_frozen(e):
+        """Bind integer attributes of the running modules equal to a prunable dim's size.
+
+        Sizes match by coincidence too (``(B*heads, T, head_dim)`` may be ``(8, 8, 8)``),
+        and a wrong binding couples unrelated channels, so only unambiguous dims bind:
+        none with a frozen factor (a batch or spatial size), none whose size another
+        such dim of the same tensor shares.
+        """
+        free = [(e, s) for e, s in zip(dims, shape) if s > 1 and not any(self.axes.frozen_atom(e))]
+        sizes = [s for _, s in free]
+        for e, size in free:
+            if sizes.count(size) == 1:
                 self._bind_attrs(e, size)
 
     def created(self, shape: tuple[int, ...]) -> list[Expr]:
@@ -170,7 +178,7 @@ class Tracer(TorchDispatchMode):
             e = self.axes.new_expr(size, True)
             if size > 1:
                 free = self.axes.new_expr(size, False)
-                if self._bind_attrs(free, size) or self.guess_created:
+                if (shape.count(size) == 1 and self._bind_attrs(free, size)) or self.guess_created:
                     e = free
             dims.append(e)
         return dims
