@@ -30,7 +30,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     model.eval()
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
-        with _plain_kernels(), torch.no_grad(), counter:
+        with _plain_kernels(model), torch.no_grad(), counter:
             model(*inputs)
     finally:
         model.train(was_training)

@@ -182,7 +182,7 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
     rec = _CallRecorder(space, inputs)
     try:
         model.eval()
-        with _plain_kernels(), torch.no_grad(), rec:
+        with _plain_kernels(model), torch.no_grad(), rec:
             model(*inputs)
     finally:
         for m, flag in flags:

@@ -287,7 +287,7 @@ class Tracer(TorchDispatchMode):
         for t in pytree.tree_leaves(inputs):
             if isinstance(t, torch.Tensor):
                 self.set(t, [self.fresh(s) for s in t.shape])
-        with _plain_kernels(), torch.no_grad(), self._module_stack(), self:
+        with _plain_kernels(self.model), torch.no_grad(), self._module_stack(), self:
             out = self.model(*inputs)
         for t in pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor):
@@ -306,25 +306,41 @@ _FLOP_PACKETS = _flop_packets() | {torch.ops.aten._scaled_dot_product_flash_atte
 
 
 @contextlib.contextmanager
-def _plain_kernels() -> Iterator[None]:
+def _plain_kernels(model: nn.Module) -> Iterator[None]:
     """Composite layers as the ops they are made of, not one fused op that hides their channels.
 
     nn.MultiheadAttention's fast path is one opaque op; so are nn.LSTM on oneDNN
     (``mkldnn_rnn_layer``) and every RNN on cuDNN (``_cudnn_rnn``, with its weights
     in one flat buffer). Without them an RNN runs as matmuls, gate chunks and
-    element-wise ops, which the op table maps. The shapes are the same either way.
+    element-wise ops, which the op table maps; the shapes are the same. oneDNN and
+    cuDNN are off only while an RNN runs: convolutions elsewhere keep them (without
+    oneDNN a CPU convolution is about 4x slower).
     """
-    # torch.backends.*.flags() would also set TF32 flags, which warns on every call.
-    before = torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled(), torch._C._get_cudnn_enabled()
+    saved: list[tuple[bool, bool]] = []
+
+    def enter(_m: nn.Module, _inputs: Any) -> None:
+        saved.append((torch._C._get_mkldnn_enabled(), torch._C._get_cudnn_enabled()))
+        # Not torch.backends.*.flags(): it also sets the TF32 flags, which warns on every call.
+        torch._C._set_mkldnn_enabled(False)
+        torch._C._set_cudnn_enabled(False)
+
+    def leave(_m: nn.Module, _inputs: Any, _output: Any) -> None:
+        mkldnn, cudnn = saved.pop()
+        torch._C._set_mkldnn_enabled(mkldnn)
+        torch._C._set_cudnn_enabled(cudnn)
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase):
+            hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    torch._C._set_mkldnn_enabled(False)
-    torch._C._set_cudnn_enabled(False)
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(before[0])
-        torch._C._set_mkldnn_enabled(before[1])
-        torch._C._set_cudnn_enabled(before[2])
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for h in hooks:
+            h.remove()
 
 
 class ShapeRecorder(TorchDispatchMode):
@@ -342,5 +358,5 @@ class ShapeRecorder(TorchDispatchMode):
         return out
 
     def run(self, model: nn.Module, inputs: tuple) -> None:
-        with _plain_kernels(), torch.no_grad(), self:
+        with _plain_kernels(model), torch.no_grad(), self:
             model(*inputs)

@@ -106,7 +106,7 @@ def activation_scores(
         model.eval()
         for inputs, _ in batches(calibration):
             col = _Collector(points, names, stat)
-            with _plain_kernels(), torch.no_grad(), col:
+            with _plain_kernels(model), torch.no_grad(), col:
                 model(*inputs)
             for key, v in col.sums.items():
                 totals[key] = totals[key] + v if key in totals else v
