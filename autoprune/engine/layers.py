@@ -6,7 +6,8 @@ one function. Widths are re-derived from the pruned weights, never guessed.
 
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 from torch import nn
 
@@ -80,67 +81,40 @@ def _hf_conv1d(m: nn.Module) -> None:
     m.nx, m.nf = m.weight.shape
 
 
-UPDATERS: dict[type, Updater] = {
-    nn.modules.conv._ConvNd: _conv,
-    nn.Linear: _linear,
-    nn.Bilinear: _bilinear,
-    nn.modules.batchnorm._NormBase: _norm,
-    nn.LayerNorm: _layer_norm,
-    nn.GroupNorm: _group_norm,
-    nn.RMSNorm: _layer_norm,
-    nn.Embedding: _embedding,
-    nn.PReLU: _prelu,
-    nn.MultiheadAttention: _mha,
-    nn.RNNBase: _rnn,
+class Layer(NamedTuple):
+    """What autoprune knows of a layer type beyond its ops."""
+
+    update: Updater  # re-derives its width attributes from its (pruned) weights
+    # The int attributes ``update`` re-derives. They are never bound to a traced dim: their values match dims by
+    # coincidence too (a square Linear's in_features is its out_features, and the views that flatten a Linear's
+    # 3-d input would bind both), which would couple unrelated channels.
+    widths: frozenset[str] = frozenset()
+    outputs: Mapping[str, int] = MappingProxyType({})  # parameter -> its output-channel dim, if not below
+
+
+# Keyed by type, or for layers of other libraries by qualified class name (so they need not be imported).
+KNOWN: dict[type | str, Layer] = {
+    nn.modules.conv._ConvNd: Layer(_conv, frozenset({"in_channels", "out_channels"})),
+    nn.Linear: Layer(_linear, frozenset({"in_features", "out_features"})),
+    nn.Bilinear: Layer(_bilinear, frozenset({"in1_features", "in2_features", "out_features"})),
+    nn.modules.batchnorm._NormBase: Layer(_norm, frozenset({"num_features"})),
+    nn.LayerNorm: Layer(_layer_norm),
+    nn.GroupNorm: Layer(_group_norm, frozenset({"num_channels"})),
+    nn.RMSNorm: Layer(_layer_norm),
+    nn.Embedding: Layer(_embedding, frozenset({"num_embeddings", "embedding_dim"})),
+    nn.PReLU: Layer(_prelu, frozenset({"num_parameters"})),
+    nn.MultiheadAttention: Layer(_mha, frozenset({"embed_dim", "kdim", "vdim"})),
+    nn.RNNBase: Layer(_rnn, frozenset({"input_size", "hidden_size", "proj_size"})),
+    "transformers.pytorch_utils.Conv1D": Layer(_hf_conv1d, frozenset({"nx", "nf"}), MappingProxyType({"weight": 1})),
 }
 
 
-# The width attributes each updater re-derives from the weights. They are never bound to a traced dim: their
-# values match dims by coincidence too (a square Linear's in_features is its out_features, and the views that
-# flatten a Linear's 3-d input would bind both), which would couple unrelated channels.
-DERIVED: dict[type, frozenset[str]] = {
-    nn.modules.conv._ConvNd: frozenset({"in_channels", "out_channels"}),
-    nn.Linear: frozenset({"in_features", "out_features"}),
-    nn.Bilinear: frozenset({"in1_features", "in2_features", "out_features"}),
-    nn.modules.batchnorm._NormBase: frozenset({"num_features"}),
-    nn.GroupNorm: frozenset({"num_channels"}),
-    nn.Embedding: frozenset({"num_embeddings", "embedding_dim"}),
-    nn.PReLU: frozenset({"num_parameters"}),
-    nn.MultiheadAttention: frozenset({"embed_dim", "kdim", "vdim"}),
-    nn.RNNBase: frozenset({"input_size", "hidden_size", "proj_size"}),
-}
-
-
-def derived_attrs(m: nn.Module) -> frozenset[str]:
+def known(m: nn.Module) -> Layer | None:
     for cls in type(m).__mro__:
-        if cls in DERIVED:
-            return DERIVED[cls]
-    named = _named(m)
-    return named[1] if named else frozenset()
-
-
-# Layers of other libraries, by qualified class name so that they need not be imported:
-# (updater, derived attributes, the output dim of each parameter).
-NAMED: dict[str, tuple[Updater, frozenset[str], dict[str, int]]] = {
-    "transformers.pytorch_utils.Conv1D": (_hf_conv1d, frozenset({"nx", "nf"}), {"weight": 1}),
-}
-
-
-def _named(m: nn.Module) -> tuple[Updater, frozenset[str], dict[str, int]] | None:
-    for cls in type(m).__mro__:
-        got = NAMED.get(f"{cls.__module__}.{cls.__qualname__}")
+        got = KNOWN.get(cls) or KNOWN.get(f"{cls.__module__}.{cls.__qualname__}")
         if got is not None:
             return got
     return None
-
-
-def updater_for(m: nn.Module) -> Updater | None:
-    for cls in type(m).__mro__:
-        u = UPDATERS.get(cls)
-        if u is not None:
-            return u
-    named = _named(m)
-    return named[0] if named else None
 
 
 def output_dim(m: nn.Module, param: str) -> int | None:
@@ -151,9 +125,9 @@ def output_dim(m: nn.Module, param: str) -> int | None:
         return 0
     if isinstance(m, nn.Embedding) and param == "weight":
         return 1
-    named = _named(m)
-    if named is not None and param in named[2]:
-        return named[2][param]
+    layer = known(m)
+    if layer is not None and param in layer.outputs:
+        return layer.outputs[param]
     if isinstance(m, nn.MultiheadAttention) and param in (
         "in_proj_weight",
         "q_proj_weight",

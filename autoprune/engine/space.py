@@ -501,9 +501,9 @@ def _copy_modules(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
 def update_widths(model: nn.Module) -> None:
     """Re-derive each known layer's width attributes from its (pruned) weights."""
     for m in model.modules():
-        u = layers.updater_for(m)
-        if u is not None:
-            u(m)
+        layer = layers.known(m)
+        if layer is not None:
+            layer.update(m)
 
 
 class _Compiled:

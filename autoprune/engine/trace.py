@@ -192,7 +192,7 @@ class Tracer(TorchDispatchMode):
                 for a in attrs:
                     self.bind(mod, a, [e])
                 return True
-            if layers.updater_for(self.modules[mod]) is not None:
+            if layers.known(self.modules[mod]) is not None:
                 return False
         return False
 
@@ -201,7 +201,8 @@ class Tracer(TorchDispatchMode):
         if got is None:
             got = {}
             m = self.modules[mod]
-            derived = layers.derived_attrs(m)
+            layer = layers.known(m)
+            derived = layer.widths if layer is not None else ()
             for k, v in vars(m).items():
                 if type(v) is int and not k.startswith("_") and k not in derived:
                     got.setdefault(v, []).append(k)
