@@ -342,6 +342,21 @@ class HandWrittenRnn(nn.Module):
         return self.out(h)
 
 
+class CachedScale(nn.Module):
+    """A tensor cached from the weights in a plain dict on first use (timm's LeViT attention_bias_cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 10), nn.Linear(10, 3)
+        self.scale = nn.Parameter(torch.rand(10) + 0.5)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x):
+        if str(x.device) not in self.cache:
+            self.cache[str(x.device)] = self.scale * 2
+        return self.fc2(torch.relu(self.fc1(x)) * self.cache[str(x.device)])
+
+
 CASES = {
     "shared_layer": (SharedLayer, (torch.randn(2, 3, 16, 16),)),
     "chunk_cat": (ChunkCat, (torch.randn(2, 3, 8, 8),)),
@@ -361,6 +376,7 @@ CASES = {
     "lstm": (LstmClassifier, (torch.randint(0, 30, (2, 6)),)),
     "packed_gru": (PackedGru, (torch.randn(7, 3, 4), torch.tensor([7, 3, 5]))),
     "hand_written_rnn": (HandWrittenRnn, (torch.randn(2, 6, 5),)),
+    "cached_scale": (CachedScale, (torch.randn(2, 6),)),
 }
 
 

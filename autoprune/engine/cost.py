@@ -23,17 +23,24 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one eval-mode forward pass, as ``FlopCounterMode`` counts them / 2.
 
     Fused kernels (nn.MultiheadAttention's fast path, oneDNN / cuDNN RNNs) are
-    switched off so that their matmuls are counted like any other.
+    switched off so that their matmuls are counted like any other. Parameters
+    stop requiring grad meanwhile: FlopCounterMode's module tracker fails under
+    no_grad when a parameter itself is a module's input (timm's CaiT class token).
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     try:
+        for p, _ in grads:
+            p.requires_grad_(False)
         counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
         with _plain_kernels(model), torch.no_grad(), counter:
             model(*inputs)
     finally:
         model.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
     return counter.get_total_flops() // 2
 
 

@@ -492,6 +492,8 @@ def _copy_modules(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
             state[k] = v
         elif isinstance(v, (dict, set, list)) and not v:
             state[k] = type(v)()  # the many empty hook dicts of every module
+        elif _is_tensor_cache(v):
+            state[k] = type(v)()  # stale once pruned: the copy rebuilds it
         else:
             state[k] = copy.deepcopy(v, memo)
     new.__dict__.update(state)
@@ -561,8 +563,17 @@ def _describe(inputs: tuple) -> str:
     return ", ".join(f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
 
 
+def _is_tensor_cache(v: Any) -> bool:
+    """A dict of tensors in a module's plain attributes: what it cached from its weights (timm's LeViT)."""
+    return isinstance(v, dict) and bool(v) and all(isinstance(x, torch.Tensor) for x in v.values())
+
+
 class _preserved:
-    """Restore training flags, buffers and parameters' grads after analysis runs the model."""
+    """Restore training flags, buffers and parameters' grads after analysis runs the model.
+
+    Tensor caches are emptied meanwhile, so that the trace sees how the model
+    computes them from its weights rather than a stored constant.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -570,8 +581,17 @@ class _preserved:
     def __enter__(self) -> None:
         self.flags = [(m, m.training) for m in self.model.modules()]
         self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        self.caches = []
+        for m in self.model.modules():
+            for k, v in vars(m).items():
+                if k not in ("_parameters", "_buffers", "_modules") and _is_tensor_cache(v):
+                    self.caches.append((v, dict(v)))
+                    v.clear()
 
     def __exit__(self, *exc: Any) -> None:
+        for cache, saved in self.caches:
+            cache.clear()
+            cache.update(saved)
         for m, flag in self.flags:
             m.training = flag
         with torch.no_grad():
