@@ -1,10 +1,21 @@
 """autoprune: find how far each layer of a trained network can be pruned, then prune it for real."""
 
-__version__ = "0.1.0"
-
-from . import zoo  # noqa: E402
-from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params  # noqa: E402
-from .search import STRATEGIES, Budget, Strategy, best_plan, create_study, export, load, search  # noqa: E402
+from . import zoo
+from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params
+from .search import (
+    STRATEGIES,
+    Budget,
+    SearchConfig,
+    Strategy,
+    best_plan,
+    best_trial,
+    create_study,
+    export,
+    load,
+    search,
+    trial_network,
+)
+from .version import __version__
 
 __all__ = [
     "PruningSpace",
@@ -14,9 +25,12 @@ __all__ = [
     "count_macs",
     "count_params",
     "Budget",
+    "SearchConfig",
     "search",
     "create_study",
     "best_plan",
+    "best_trial",
+    "trial_network",
     "export",
     "load",
     "STRATEGIES",

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .search import attrs
+from .search.ledger import counted, default_storage, load_existing, redact, uncounted
 from .studyfile import StudyFile, StudyFileError, build_model, load_study_file, parse_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automatic structured pruning on Optuna studies.")
@@ -52,7 +54,7 @@ def _storage(config: StudyFile, base_dir: Path, override: str | None) -> str:
             if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_absolute():
                 url = f"{prefix}{base_dir / url.removeprefix(prefix)}"
         return url
-    return f"sqlite:///{base_dir / (config.study_name + '.db')}"
+    return default_storage(config.study_name, base_dir)
 
 
 def _setup(config: StudyFile, base_dir: Path, storage: str | None) -> Setup:
@@ -90,15 +92,13 @@ def _from_args(study_file: Optional[Path], study: Optional[str], storage: Option
     if not (study and storage):
         raise typer.BadParameter("give a study file, or both --study and --storage")
     s = _load(study, storage)
-    raw = s.user_attrs.get("study_file")
+    raw = s.user_attrs.get(attrs.STUDY_FILE)
     if raw is None:
         raise typer.BadParameter(f"study {study!r} was not created from a study file; pass the study file instead")
     return parse_study(raw["config"]), Path(raw["base_dir"]), storage
 
 
 def _load(name: str, url: str) -> optuna.Study:
-    from .search.ledger import load_existing
-
     return load_existing(url, name)
 
 
@@ -107,31 +107,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _search_options(config: StudyFile) -> dict[str, Any]:
-    """The arguments of ap.create_study / ap.search a study file gives."""
-    import autoprune as ap
-
-    return dict(
-        budget=ap.Budget(**config.budget.model_dump(exclude_none=True)) if config.budget else None,
-        strategy=config.strategy.name,
-        study_name=config.study_name,
-        criterion=config.criterion,
-        seed=config.seed,
-        multi_objective=config.multi_objective,
-        max_sparsity=config.max_sparsity,
-        strategy_options=config.strategy.options,
-        verify_latency=config.verify_latency,
-        latency_margin=config.latency_margin,
-    )
-
-
 def _create(setup: Setup, path: Path) -> optuna.Study:
     """Create the study (once) and record the study file in it, so export/show need only the study."""
     import autoprune as ap
 
-    study = ap.create_study(setup.space, storage=setup.storage, **_search_options(setup.config))
+    study = ap.create_study(setup.space, config=setup.config.search_config(setup.storage))
     study.set_user_attr(
-        "study_file", {"config": setup.config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())}
+        attrs.STUDY_FILE, {"config": setup.config.model_dump(mode="json"), "base_dir": str(path.parent.resolve())}
     )
     return study
 
@@ -148,8 +130,6 @@ def study_create(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (journal file or PostgreSQL)."),
 ) -> None:
     """Create a study once (schema, configuration, seed proposals) before starting its workers."""
-    from .search.ledger import redact
-
     try:
         config, path = load_study_file(study_file)
         setup = _setup(config, path.parent, storage)
@@ -189,19 +169,17 @@ def worker(
     logging.getLogger("autoprune").setLevel(logging.ERROR)
 
     def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = f"{t.values[0]:.4f}" if t.values else str(t.user_attrs.get("error", "")).strip()[-200:]
+        value = f"{t.values[0]:.4f}" if t.values else str(t.user_attrs.get(attrs.ERROR, "")).strip()[-200:]
         console.print(f"trial {t.number} {t.state.name.lower()}: {value}", highlight=False)
 
     try:
         ap.search(
             setup.space,
             evaluator,
-            storage=setup.storage,
-            n_trials=n_trials or config.n_trials,
+            config=config.search_config(setup.storage, n_trials),
             callbacks=[on_trial],
             join=True,
             heartbeat_interval=heartbeat,
-            **_search_options(config),
         )
     except ValueError as err:
         _fail(err)
@@ -225,8 +203,6 @@ def search(
 ) -> None:
     """Run (or resume) the search a study file describes, then export its best structure."""
     import autoprune as ap
-
-    from .search.ledger import redact
 
     devices = [d.strip() for d in device.split(",")] if device else [None]
     try:
@@ -265,7 +241,7 @@ def search(
         def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
             if t.state == TrialState.FAIL:
                 progress.console.print(
-                    f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get('error', ''))[-300:]}"
+                    f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get(attrs.ERROR, ''))[-300:]}"
                 )
             progress.update(task, completed=min(_done(s), total), best=_best_text(s))
 
@@ -274,11 +250,9 @@ def search(
                 study = ap.search(
                     space,
                     evaluator,
-                    storage=setup.storage,
-                    n_trials=total,
+                    config=config.search_config(setup.storage, total),
                     callbacks=[on_trial],
                     heartbeat_interval=heartbeat,
-                    **_search_options(config),
                 )
             else:
                 _run_workers(study, study_file, setup.storage, total, workers, devices, heartbeat, on_trial)
@@ -294,8 +268,6 @@ def search(
 
 
 def _done(study: optuna.Study) -> int:
-    from .search.ledger import counted
-
     return counted(study.get_trials(deepcopy=False))
 
 
@@ -314,10 +286,8 @@ def _run_workers(
     import tempfile
     import time
 
-    from .search.ledger import uncounted
-
     logs, procs = [], []
-    threads = study.user_attrs["study_file"]["config"].get("threads") or 1  # one thread per worker by default
+    threads = study.user_attrs[attrs.STUDY_FILE]["config"].get("threads") or 1  # one thread per worker by default
     for i in range(workers):
         cmd = [sys.executable, "-m", "autoprune.cli", "worker", str(study_file), "--storage", storage]
         cmd += ["--n-trials", str(total), "--heartbeat", str(heartbeat), "--threads", str(threads)]
@@ -397,33 +367,26 @@ def _export_best(
     import autoprune as ap
 
     if trial_number is None:
-        plan = ap.best_plan(study)
-        trial = next(t for t in study.trials if t.user_attrs.get("plan") == plan and t.state == TrialState.COMPLETE)
+        trial = ap.best_trial(study)
     else:
         trial = next((t for t in study.trials if t.number == trial_number), None)
         if trial is None or trial.state != TrialState.COMPLETE:
             raise ValueError(f"trial {trial_number} does not exist or did not complete")
-        plan = trial.user_attrs["plan"]
-    budget = setup.config.budget.model_dump(exclude_none=True) if setup.config.budget else None
-    space, criterion = setup.space, setup.config.criterion
-    if "netadapt_weights" in trial.user_attrs:  # NetAdapt's network: its own channels and fine-tuned weights
-        from .search.strategies.netadapt import trial_network
-
-        space, criterion = trial_network(space, study, trial)
+    net = ap.trial_network(study, trial, setup.space)  # the network the trial scored, whatever the strategy
     steps = setup.config.export.finetune_steps if finetune_steps is None else finetune_steps
     extra = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
     model = None
     if steps:
-        model = space._build(space.keep_indices(plan, criterion))
+        model = net.build()
         extra["finetune"] = _finetune(setup, model, steps, setup.config.export.finetune_lr)
     where = ap.export(
-        space,
-        plan,
+        net.space,
+        net.plan,
         out,
-        criterion=criterion,
+        criterion=net.criterion,
         model=model,
         score=trial.values[0],
-        budget=budget,
+        budget=setup.config.budget,
         formats=tuple(setup.config.export.formats),
         extra=extra,
     )
@@ -453,9 +416,9 @@ def _store_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: 
             ids[name] = upload_artifact(
                 artifact_store=store, file_path=str(out / name), study_or_trial=study, storage=study._storage
             )
-    exported = dict(study.user_attrs.get("exported_trials", {}))
+    exported = dict(study.user_attrs.get(attrs.EXPORTED, {}))
     exported[str(trial.number)] = {"artifacts": ids, "artifact_dir": str(store_dir)}
-    study.set_user_attr("exported_trials", exported)
+    study.set_user_attr(attrs.EXPORTED, exported)
 
 
 @app.command()
@@ -505,8 +468,8 @@ def show(
                 "number": t.number,
                 "score": t.values[0],
                 "meets_budget": _meets(t),
-                "macs": t.user_attrs.get("macs"),
-                "params": t.user_attrs.get("params"),
+                "macs": t.user_attrs.get(attrs.MACS),
+                "params": t.user_attrs.get(attrs.PARAMS),
             }
             for t in _ranked(s)[:top]
         ]
@@ -521,8 +484,8 @@ def show(
 
 
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials, those meeting the budget first, each part by score (NetAdapt's early proposals score
-    high but are over the budget)."""
+    """Completed trials, those meeting the budget first, each part by score (a strategy that walks down to the
+    budget proposes networks over it that score high)."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     return sorted(done, key=lambda t: (not _meets(t), -t.values[0]))
 
@@ -540,10 +503,10 @@ def _table(study: optuna.Study, top: int) -> None:
             str(t.number),
             f"{t.values[0]:.4f}",
             "meets" if _meets(t) else "over",
-            f"{t.user_attrs.get('macs', 0) / 1e6:.2f}",
-            f"{t.user_attrs.get('params', 0):,}",
-            str(t.user_attrs.get("strategy", "")),
-            f"{t.user_attrs.get('eval_seconds', 0):.1f}",
+            f"{t.user_attrs.get(attrs.MACS, 0) / 1e6:.2f}",
+            f"{t.user_attrs.get(attrs.PARAMS, 0):,}",
+            str(t.user_attrs.get(attrs.STRATEGY, "")),
+            f"{t.user_attrs.get(attrs.EVAL_SECONDS, 0):.1f}",
         )
     console.print(table)
 

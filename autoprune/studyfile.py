@@ -7,8 +7,7 @@ allowed. The validated file is stored in the study, so ``autoprune export`` and
 
 from __future__ import annotations
 
-import difflib
-import importlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +15,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-def _one_of(value: str, registry: dict, what: str) -> str:
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(sorted(registry))}")
-    return value
+from .search import Budget, SearchConfig
+from .utils import did_you_mean, import_object, lookup, unknown_name
 
 
 class _Strict(BaseModel):
@@ -45,11 +41,7 @@ class ModelSpec(_Strict):
             from . import zoo
 
             if self.zoo not in zoo.MODELS:
-                close = difflib.get_close_matches(self.zoo, list(zoo.MODELS), n=3)
-                raise ValueError(
-                    f"unknown zoo model {self.zoo!r}; allowed: {', '.join(zoo.MODELS)}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
-                )
+                raise ValueError(unknown_name(self.zoo, zoo.MODELS, "zoo model"))
         if any(s < 1 for s in self.input_shape):
             raise ValueError("input_shape entries must be positive")
         return self
@@ -89,13 +81,8 @@ class StrategySpec(_Strict):
     def _known(cls, v: str) -> str:
         from .search import STRATEGIES
 
-        return _one_of(v, STRATEGIES, "strategy")
-
-
-class BudgetSpec(_Strict):
-    macs: float | None = Field(default=None, gt=0)
-    params: float | None = Field(default=None, gt=0)
-    latency: float | None = Field(default=None, gt=0)
+        lookup(STRATEGIES, v, "strategy")
+        return v
 
 
 class ExportSpec(_Strict):
@@ -108,12 +95,14 @@ class ExportSpec(_Strict):
 
 
 class StudyFile(_Strict):
+    """A whole search: the model, data and evaluator it scores with, and the :class:`SearchConfig` fields."""
+
     study_name: str = Field(min_length=1)
     storage: str | None = None
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
-    budget: BudgetSpec | None = None
+    budget: Budget | None = None
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     criterion: str = "l1"
     n_trials: int = Field(default=50, gt=0)
@@ -132,7 +121,26 @@ class StudyFile(_Strict):
     def _criterion(cls, v: str) -> str:
         from .engine import CRITERIA
 
-        return _one_of(v, CRITERIA, "criterion")
+        lookup(CRITERIA, v, "criterion")
+        return v
+
+    def search_config(self, storage: Any = None, n_trials: int | None = None) -> SearchConfig:
+        """The search this file describes, on ``storage`` (a URL the caller resolved) with ``n_trials`` (default:
+        the file's)."""
+        return SearchConfig(
+            budget=self.budget,
+            strategy=self.strategy.name,
+            strategy_options=dict(self.strategy.options),
+            study_name=self.study_name,
+            storage=storage,
+            criterion=self.criterion,
+            seed=self.seed,
+            n_trials=n_trials or self.n_trials,
+            multi_objective=self.multi_objective,
+            max_sparsity=self.max_sparsity,
+            verify_latency=self.verify_latency,
+            latency_margin=self.latency_margin,
+        )
 
 
 class StudyFileError(ValueError):
@@ -164,32 +172,31 @@ def parse_study(raw: dict, path: Path | str = "<study>", text: str | None = None
             line = _line_of(text, e["loc"]) if text else None
             where = f"{path}, line {line}" if line else f"{path}"
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                parent = StudyFile
-                for part in loc[:-1]:
-                    fld = getattr(parent, "model_fields", {}).get(part)
-                    ann = getattr(fld, "annotation", None)
-                    parent = (
-                        next(
-                            (
-                                a
-                                for a in getattr(ann, "__args__", (ann,))
-                                if isinstance(a, type) and issubclass(a, BaseModel)
-                            ),
-                            None,
-                        )
-                        if ann
-                        else None
-                    )
-                    if parent is None:
-                        break
-                allowed = list(parent.model_fields) if parent is not None else []
-                close = difflib.get_close_matches(loc[-1], allowed, n=1)
-                msg = f"unknown key; allowed keys here: {', '.join(allowed)}" + (
-                    f" (did you mean {close[0]!r}?)" if close else ""
-                )
+            if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+                allowed = _keys_at(loc[:-1])
+                msg = f"unknown key; allowed keys here: {', '.join(allowed)}.{did_you_mean(loc[-1], allowed, n=1)}"
             lines.append(f"{where}: {key}: {msg}")
         raise StudyFileError("invalid study file:\n  " + "\n  ".join(lines)) from None
+
+
+def _keys_at(loc: list[str]) -> list[str]:
+    """The keys the study file allows at ``loc`` (a pydantic model's fields, or a dataclass's such as Budget)."""
+    node: Any = StudyFile
+    for part in loc:
+        fields = _fields(node)
+        ann = fields.get(part)
+        node = next((a for a in getattr(ann, "__args__", (ann,)) if _fields(a)), None) if ann is not None else None
+        if node is None:
+            return []
+    return list(_fields(node))
+
+
+def _fields(node: Any) -> dict[str, Any]:
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return {k: f.annotation for k, f in node.model_fields.items()}
+    if dataclasses.is_dataclass(node):
+        return {f.name: f.type for f in dataclasses.fields(node)}
+    return {}
 
 
 def _line_of(text: str, loc: tuple) -> int | None:
@@ -213,21 +220,6 @@ def _line_of(text: str, loc: tuple) -> int | None:
     return line
 
 
-def import_object(spec: str) -> Any:
-    """Import ``package.module:attribute``."""
-    if ":" not in spec:
-        raise ValueError(f"{spec!r} is not an import path; write it as package.module:attribute")
-    mod, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(mod)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {mod!r} from {spec!r}: {err}") from err
-    try:
-        return getattr(module, attr)
-    except AttributeError as err:
-        raise ValueError(f"module {mod!r} has no attribute {attr!r}") from err
-
-
 def build_model(spec: ModelSpec, base_dir: Path) -> torch.nn.Module:
     if spec.pretrained is not None:
         from .zoo.pretrained import pretrained
@@ -238,7 +230,7 @@ def build_model(spec: ModelSpec, base_dir: Path) -> torch.nn.Module:
 
         model = zoo.create_model(spec.zoo, **spec.kwargs)
     else:
-        model = import_object(spec.factory)(**spec.kwargs)
+        model = import_object(spec.factory, "model factory")(**spec.kwargs)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         path = path if path.is_absolute() else base_dir / path

@@ -40,7 +40,7 @@ from autoprune.data import fashion_mnist_splits
 from autoprune.engine.latency import LatencyTable, hardware
 from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector
-from autoprune.search.strategies.netadapt import TAG, NetAdapt, trial_network
+from autoprune.search.strategies.netadapt import TAG, NetAdapt
 from autoprune.search.strategy import SearchContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +94,7 @@ def one_run(args: argparse.Namespace, index: int, model: torch.nn.Module, space,
         best, reached = min(done, key=lambda t: t.user_attrs["measured_latency_ratio"]), False
     plan = dict(best.user_attrs["plan"])
     widths = {g.name: g.channels for g in space.groups}
-    net, keep_scores = trial_network(space, study, best)
-    pruned = net._build(net.keep_indices(plan, keep_scores)).eval()
+    pruned = ap.trial_network(study, best, space).build().eval()
     test = test_eval(copy.deepcopy(pruned))["accuracy"]
     print(f"run {index}: {len(done)} evaluations in {search_s:.0f} s; val {best.value:.4f}, test {test:.4f}")
     load.append(os.getloadavg()[0])

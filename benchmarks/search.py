@@ -134,10 +134,7 @@ def main() -> None:
         done = [t for t in study.trials if t.state.name == "COMPLETE"]
         label = name
         if name == "netadapt":  # its own network: its channels and its carried, fine-tuned weights
-            from autoprune.search.strategies.netadapt import trial_network
-
-            net, keep_scores = trial_network(space, study, study.best_trial)
-            test = test_eval(net._build(net.keep_indices(plan, keep_scores)))["accuracy"]
+            test = test_eval(ap.trial_network(study, study.best_trial, space).build())["accuracy"]
             netadapt_plan_only = test_eval(space.apply(plan))["accuracy"]
             netadapt_steps = args.netadapt_finetune * len(done)
             netadapt_evaluations = len(done)

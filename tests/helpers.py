@@ -130,8 +130,9 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
             trials = optuna.load_study(study_name="digits", storage=url).trials
         except KeyError:
             trials = []
-        # Kill early in a trial (it runs at least ``pause`` seconds), so it cannot complete while the signal is sent.
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # Kill early in a trial's evaluation (it runs at least ``pause`` seconds), so it cannot complete while the
+        # signal is sent: once its plan is recorded, every parameter has been written.
+        running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]
         if (
             sum(t.state == TrialState.COMPLETE for t in trials) >= completed
             and running

@@ -69,7 +69,7 @@ def test_precomputed_scores_are_accepted(space_and_data):
 
 def test_unknown_criterion_lists_the_known_ones(space_and_data):
     space, _ = space_and_data
-    with pytest.raises(ValueError, match="available: .*l1"):
+    with pytest.raises(ValueError, match="Available: .*l1"):
         space.apply({space.groups[0].name: 0.5}, criterion="l3")
 
 

@@ -11,7 +11,7 @@ from helpers import agreement
 
 import autoprune as ap
 from autoprune.data import load_digits
-from autoprune.engine.latency import LatencyTable, space_fingerprint
+from autoprune.engine.latency import LatencyTable
 from autoprune.evaluators import AccuracyEvaluator
 from autoprune.search import Projector
 from autoprune.search.strategies.netadapt import NetAdapt
@@ -156,7 +156,7 @@ def test_round_trip_through_json_and_refuse_another_model(space, table):
     import json
 
     data = json.loads(json.dumps(table.to_dict()))
-    assert data["fingerprint"] == space_fingerprint(space) and data["threads"] == 1 and data["device"] == "cpu"
+    assert data["fingerprint"] == space.fingerprint() and data["threads"] == 1 and data["device"] == "cpu"
     again = LatencyTable.from_dict(data, space)
     for plan in [{}, *_random_plans(space, 5, seed=1)]:
         assert again.predict(plan) == pytest.approx(table.predict(plan), rel=1e-12)

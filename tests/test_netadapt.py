@@ -9,7 +9,7 @@ from helpers import agreement, kill_mid_trial, run_search
 
 import autoprune as ap
 from autoprune.search import Projector
-from autoprune.search.strategies.netadapt import NetAdapt, trial_network
+from autoprune.search.strategies.netadapt import NetAdapt
 from autoprune.search.strategy import SearchContext
 
 
@@ -47,12 +47,12 @@ def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
 
     # Export writes NetAdapt's own network: its channels and its fine-tuned weights.
     best = study.best_trial
-    net, scores = trial_network(space, study, best)
-    out = ap.export(net, best.user_attrs["plan"], tmp_path / "best", criterion=scores)
+    net = ap.trial_network(study, best, space)
+    out = ap.export(net.space, net.plan, tmp_path / "best", criterion=net.criterion)
     model = ap.load(out, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     kept = best.user_attrs["netadapt_keep"]["layer2.1.conv1"]
-    assert torch.equal(model.layer2[1].conv1.weight, net.model.layer2[1].conv1.weight[kept])
-    assert not torch.equal(net.model.layer2[1].conv1.weight, space.model.layer2[1].conv1.weight)  # fine-tuned
+    assert torch.equal(model.layer2[1].conv1.weight, net.space.model.layer2[1].conv1.weight[kept])
+    assert not torch.equal(net.space.model.layer2[1].conv1.weight, space.model.layer2[1].conv1.weight)  # fine-tuned
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
     kill_mid_trial(killed, 500, 0.3, "netadapt", completed=first[0].user_attrs["netadapt"]["of"] + 2)

@@ -22,9 +22,10 @@ from optuna.trial import TrialState
 
 import autoprune as ap
 from autoprune.search import Projector, SearchContext
+from autoprune.search.attrs import BATCH
 from autoprune.search.ledger import HUNG_TRANSACTION_S, counted, make_storage
+from autoprune.search.queue import enqueue_batch, is_duplicate
 from autoprune.search.runner import _surplus
-from autoprune.search.strategy import BATCH, enqueue_batch, is_duplicate
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONPATH": str(SCRIPTS)}

@@ -13,7 +13,6 @@ them; `split_train_val` carves a validation split out of any TensorDataset.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from ..utils import unknown_name
 from .digits import DIGITS_TEST_SIZE, load_digits
 from .fashion_mnist import (
     DEBIAN_ROOT,
@@ -124,9 +124,7 @@ DATASETS: dict[str, Callable[..., Splits]] = {
 def dataset_by_name(name: str, **kwargs: Any) -> Splits:
     """Build the registered dataset `name` ("fashion_mnist", "digits"), passing `kwargs` to its builder."""
     if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown dataset {name!r}.{hint} Available: {', '.join(DATASETS)}")
+        raise ValueError(unknown_name(name, DATASETS, "dataset"))
     return DATASETS[name](**kwargs)
 
 

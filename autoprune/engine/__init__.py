@@ -2,12 +2,14 @@
 
 from .cost import count_macs, count_params
 from .criteria import CRITERIA, Criterion, get_criterion
-from .space import ChannelGroup, Member, PruningSpace
+from .groups import ChannelGroup, ChannelSite, Member
+from .space import PruningSpace
 
 __all__ = [
     "PruningSpace",
     "ChannelGroup",
     "Member",
+    "ChannelSite",
     "count_macs",
     "count_params",
     "CRITERIA",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .trace import _plain_kernels
+from .trace import plain_kernels
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:  # noqa: ANN001
@@ -35,7 +35,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
         for p, _ in grads:
             p.requires_grad_(False)
         counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
-        with _plain_kernels(model), torch.no_grad(), counter:
+        with plain_kernels(model), torch.no_grad(), counter:
             model(*inputs)
     finally:
         model.train(was_training)

@@ -33,36 +33,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..utils import num_threads
 from .axes import Expr
-from .trace import UNSEQUENCED, _plain_kernels
+from .ops import FLOP_OPS
+from .trace import UNSEQUENCED, plain_kernels
 
 if TYPE_CHECKING:
     from .space import PruningSpace
 
 FORMAT = 2
 _KEY_STRIDE = 1 << 32  # separates the grids of different layer axes in one sorted array
-
-
-def space_fingerprint(space: "PruningSpace") -> str:
-    """Identifies the model and its groups: a resumed search or a cached table must belong to the same space."""
-    h = hashlib.sha256()
-    for g in space.groups:
-        h.update(f"{g.name}:{g.channels};".encode())
-    for name, p in space.model.state_dict().items():
-        h.update(f"{name}:{tuple(p.shape)};".encode())
-    return h.hexdigest()[:16]
 
 
 def hardware(device: str | torch.device) -> str:
@@ -113,11 +104,8 @@ class _CallRecorder(TorchDispatchMode):
         self.same_batch = all(x is y for x, y in zip(inputs, space.example_inputs))
         model = space.model
         self.params = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
-        tracer_dims = space._tracer._dims
         self.dims: dict[int, list[Expr]] = {
-            id(x): tracer_dims[id(y)]
-            for x, y in zip(inputs, space.example_inputs)
-            if isinstance(y, torch.Tensor) and id(y) in tracer_dims
+            id(x): dims for x, dims in zip(inputs, space.input_dims) if isinstance(x, torch.Tensor) and dims is not None
         }
         self.alive: list[torch.Tensor] = []
         self.calls: list[tuple[int, Any, tuple, dict]] = []
@@ -126,7 +114,7 @@ class _CallRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        ops = self.space._ops
+        ops = self.space.ops
         outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
         name = func.overloadpacket.__name__
         if name in UNSEQUENCED:  # an identity op the trace left out: its output has its input's dims
@@ -154,7 +142,7 @@ class _CallRecorder(TorchDispatchMode):
 
     def _arg(self, t: torch.Tensor) -> _Arg:
         name = self.params.get(id(t))
-        dims = self.space._param_dims.get(name) if name is not None else self.dims.get(id(t))
+        dims = self.space.param_dims.get(name) if name is not None else self.dims.get(id(t))
         return _Arg(dims if dims is not None and len(dims) == t.dim() else None, tuple(t.shape), t.dtype)
 
 
@@ -182,13 +170,12 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
     rec = _CallRecorder(space, inputs)
     try:
         model.eval()
-        with _plain_kernels(model), torch.no_grad(), rec:
+        with plain_kernels(model), torch.no_grad(), rec:
             model(*inputs)
     finally:
         for m, flag in flags:
             m.training = flag
     group_of = {g.atom: i for i, g in enumerate(space.groups)}
-    flop_ops = space._tracer.flop_ops
     calls = []
     for index, func, args, kwargs in rec.calls:
         found: list[int] = []
@@ -199,9 +186,9 @@ def _record_calls(space: "PruningSpace", batch_size: int | None) -> list[_Call]:
                         g = group_of.get(a)
                         if g is not None and g not in found:
                             found.append(g)
-        module = space._ops[index].module
+        module = space.ops[index].module
         name = f"{module}:{func.overloadpacket.__name__}" if module else func.overloadpacket.__name__
-        calls.append(_Call(name, func, args, kwargs, found, func.overloadpacket.__name__ in flop_ops))
+        calls.append(_Call(name, func, args, kwargs, found, func.overloadpacket.__name__ in FLOP_OPS))
     seen: dict[str, int] = {}
     for c in calls:  # an op run twice in one module (a shared layer) gets a numbered name
         k = seen[c.name] = seen.get(c.name, 0) + 1
@@ -228,16 +215,6 @@ def _monotone(v: np.ndarray) -> np.ndarray:
     up = np.maximum.accumulate(np.maximum.accumulate(v, axis=0), axis=1)
     down = np.minimum.accumulate(np.minimum.accumulate(v[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
     return (up + down) / 2
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -394,7 +371,7 @@ class LatencyTable:
         passes: list[dict[int, np.ndarray]] = []
         model_ms: list[float] = []
         every = max(1, len(calls) // 4)
-        with _threads(threads):
+        with num_threads(threads):
             for _ in range(repeats):
                 timer.cache.clear()
                 tables: dict[int, np.ndarray] = {}
@@ -492,7 +469,7 @@ class LatencyTable:
 
     def layer_latencies(self, plan: Mapping[str, float] | np.ndarray) -> np.ndarray:
         """Interpolated latency (ms) of each op with grids (``layers`` order, those timed whole excluded)."""
-        counts = self.space._counts(plan) if isinstance(plan, Mapping) else np.asarray(plan)
+        counts = self.space.kept_counts(plan) if isinstance(plan, Mapping) else np.asarray(plan)
         q = np.append(counts, 0)[self._var]
         pos = np.searchsorted(self._keys, self._axis + q, side="right") - 1
         pos = np.minimum(np.maximum(pos, self._start), self._last)
@@ -508,7 +485,7 @@ class LatencyTable:
 
     def predict(self, plan: Mapping[str, float]) -> float:
         """Predicted latency (ms) of ``space.apply(plan)`` on the device the table was built on."""
-        counts = self.space._counts(plan)
+        counts = self.space.kept_counts(plan)
         total = self.constant_ms + float(self.layer_latencies(counts).sum())
         for full_ms, call, ids in self._fallback:
             total += full_ms * self._work_ratio(call, ids, counts)
@@ -517,7 +494,7 @@ class LatencyTable:
     def breakdown(self, plan: Mapping[str, float]) -> dict[str, float]:
         """Predicted milliseconds of each op in the table (by name) and of the ``constant`` rest; they sum to
         ``predict(plan)``."""
-        counts = self.space._counts(plan)
+        counts = self.space.kept_counts(plan)
         out: dict[str, float] = {}
         interpolated = iter(self.layer_latencies(counts).tolist())
         whole = iter(self._fallback)
@@ -541,7 +518,7 @@ class LatencyTable:
         if call.flops:
             ratio = 1.0
             for e in _distinct_exprs(space, call):
-                ratio *= space._kept_size(e, kept) / space._kept_size(e, {})
+                ratio *= space.kept_size(e, kept) / space.kept_size(e, {})
             return ratio
         tensors = [a for a in pytree.tree_leaves((call.args, call.kwargs)) if isinstance(a, _Arg)]
         before = sum(int(np.prod(a.shape)) for a in tensors)
@@ -553,7 +530,7 @@ class LatencyTable:
         """A JSON-serialisable copy (e.g. for ``study.set_user_attr("latency_table", ...)``)."""
         return {
             "format": FORMAT,
-            "fingerprint": space_fingerprint(self.space),
+            "fingerprint": self.space.fingerprint(),
             **self.info,
             "full_ms": self.full_ms,
             "constant_ms": self.constant_ms,
@@ -565,7 +542,7 @@ class LatencyTable:
         """Restore a table for ``space``; raises ValueError if it was built for another model or format."""
         if data.get("format") != FORMAT:
             raise ValueError(f"latency table format {data.get('format')!r} is not {FORMAT}; rebuild the table")
-        mine = space_fingerprint(space)
+        mine = space.fingerprint()
         if data.get("fingerprint") != mine:
             raise ValueError(
                 f"this latency table was built for another model (fingerprint {data.get('fingerprint')}, "
@@ -604,7 +581,7 @@ class LatencyTable:
             x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(self.space, self.info.get("batch_size"))
         )
         times, clean = np.zeros((rounds, 2)), np.zeros((rounds, 2))
-        with _threads(int(self.info.get("threads", 1))), torch.inference_mode():
+        with num_threads(int(self.info.get("threads", 1))), torch.inference_mode():
             for r in range(rounds):
                 for i in (0, 1) if r % 2 == 0 else (1, 0):
                     net = (self._reference, pruned)[i]
@@ -658,7 +635,7 @@ def _kept_shape(space: "PruningSpace", a: _Arg, counts: dict[int, int]) -> tuple
     if a.dims is None:
         return a.shape
     return tuple(
-        n if not e else n * space._kept_size(e, counts) // space._kept_size(e, {}) for n, e in zip(a.shape, a.dims)
+        n if not e else n * space.kept_size(e, counts) // space.kept_size(e, {}) for n, e in zip(a.shape, a.dims)
     )
 
 

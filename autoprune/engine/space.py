@@ -3,50 +3,24 @@
 from __future__ import annotations
 
 import copy
-import difflib
+import hashlib
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..utils import did_you_mean, fingerprint
 from . import layers
 from .axes import Expr, Incompatible, poly_add, poly_mul
+from .criteria import get_criterion
+from .groups import ChannelGroup, ChannelSite, Member
 from .ops import FLOP_OPS, RULES
-from .trace import ShapeRecorder, Tracer
+from .trace import OpRecord, ShapeRecorder, Tracer
 
 Plan = Mapping[str, float]
-
-
-@dataclass(frozen=True)
-class Member:
-    """One parameter dimension a group's channels run through."""
-
-    param: str
-    dim: int
-    module: str
-    role: str  # "output" (the layer's filters), "norm" (a norm scale), or "other"
-
-
-@dataclass
-class ChannelGroup:
-    """Coupled channels that are removed together.
-
-    ``channels`` is the group's width; ``layers`` the modules whose parameters it
-    runs through; ``macs_per_channel`` / ``params_per_channel`` what removing one
-    channel saves in the unpruned model.
-    """
-
-    name: str
-    channels: int
-    layers: list[str]
-    members: list[Member]
-    macs_per_channel: int = 0
-    params_per_channel: int = 0
-    atom: int = field(default=-1, repr=False)
 
 
 class PruningSpace:
@@ -162,8 +136,7 @@ class PruningSpace:
             elif name in self._by_name:
                 groups.append(name)
             else:
-                close = difflib.get_close_matches(name, [*modules, *self._by_name], n=3)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                hint = did_you_mean(name, [*modules, *self._by_name])
                 raise ValueError(f"exclude names {name!r}, which is neither a module nor a channel group.{hint}")
         return mods, groups
 
@@ -190,7 +163,7 @@ class PruningSpace:
                     )
                     lst = members.setdefault(a, [])
                     if all(x.param != pname or x.dim != k for x in lst):
-                        lst.append(Member(pname, k, mod, role))
+                        lst.append(Member(pname, k, mod, role, self._rows(e, a)))
                     whole.setdefault(a, len(atoms) == 1 and len(e) == 1)
         names_by_expr = {}
         for b in self._bindings.values():
@@ -212,10 +185,30 @@ class PruningSpace:
                 name, k = f"{base}~{k}", k + 1
             used.add(name)
             layer_names = list(dict.fromkeys(x.module for x in mem))
-            groups.append(ChannelGroup(name, self.axes._nodes[a].size, layer_names, mem, atom=a))
+            groups.append(
+                ChannelGroup(name, self.axes._nodes[a].size, layer_names, mem, atom=a, _locate=self._locate_sites)
+            )
         self.groups: list[ChannelGroup] = groups
         self._by_name = {g.name: g for g in groups}
         self._index = {g.name: i for i, g in enumerate(groups)}
+
+    def _rows(self, e: Expr, atom: int) -> torch.Tensor | None:
+        """The indices of a dim ``e`` that belong to ``atom``, channel by channel (None: the dim is the atom)."""
+        if len(e) == 1 and self.axes.find(e[0]) == atom:
+            return None
+        coords = self.axes.coords(e)[atom]
+        inside = torch.nonzero(coords >= 0).flatten()
+        return inside[torch.argsort(coords[inside], stable=True)]
+
+    def _locate_sites(self, group: ChannelGroup) -> list[ChannelSite]:
+        """Every traced output dim that carries ``group``'s channels (see :attr:`ChannelGroup.sites`)."""
+        sites = []
+        for i, op in enumerate(self._ops):
+            for j, dims in enumerate(op.outputs):
+                for k, e in enumerate(dims):
+                    if group.atom in self.axes.atoms(e):
+                        sites.append(ChannelSite(i, op.name, j, k, self.axes.coords(e)[group.atom]))
+        return sites
 
     def _warn_unknown(self) -> None:
         modules = dict(self.model.named_modules())
@@ -341,15 +334,46 @@ class PruningSpace:
         vals = [self._axis_count(self.axes.find(c), counts) for c in n.children]
         return math.prod(vals) if n.kind == 1 else sum(vals)
 
+    # -- the analysis, read-only: what the latency table and the criteria build on -------------
+    @property
+    def ops(self) -> Sequence[OpRecord]:
+        """The traced forward pass, op by op (identity ops left out): each op's aten name, the module that ran
+        it, and the dim expressions and shapes of its tensor outputs."""
+        return self._ops
+
+    @property
+    def param_dims(self) -> Mapping[str, list[Expr]]:
+        """The dim expressions of every parameter and buffer the forward pass used, by name."""
+        return self._param_dims
+
+    @property
+    def input_dims(self) -> list[list[Expr] | None]:
+        """The dim expressions of each example input (None for an input that is not a tensor)."""
+        dims = self._tracer._dims
+        return [dims.get(id(x)) if isinstance(x, torch.Tensor) else None for x in self.example_inputs]
+
+    def kept_size(self, e: Expr, counts: Mapping[int, int]) -> int:
+        """The size of a dim expression when each group ``g`` in ``counts`` (keyed by ``g.atom``) keeps that many
+        channels (the others all of theirs)."""
+        return self._kept_size(e, counts)
+
+    def fingerprint(self) -> str:
+        """Identifies the model's architecture and its channel groups: a resumed search or a cached latency table
+        must belong to the same space."""
+        h = hashlib.sha256("".join(f"{g.name}:{g.channels};" for g in self.groups).encode())
+        h.update(fingerprint(self.model).encode())
+        return h.hexdigest()[:16]
+
     # -- plans -------------------------------------------------------------------------------
-    def _counts(self, plan: Plan) -> np.ndarray:
+    def kept_counts(self, plan: Plan) -> np.ndarray:
+        """Channels each group keeps under ``plan``, in the order of :attr:`groups` (the array form of
+        :meth:`kept_channels`, for code that costs many plans)."""
         if not isinstance(plan, Mapping):
             raise TypeError(f"a plan maps group names to sparsities, got {type(plan).__name__}")
         index = self._index
         if not index.keys() >= plan.keys():
             name = next(n for n in plan if n not in index)
-            close = difflib.get_close_matches(str(name), list(index), n=3)
-            hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
+            hint = did_you_mean(name, index)
             raise KeyError(f"plan names unknown group {name!r}.{hint} See space.groups for the names.")
         s = np.fromiter((plan.get(n, 0.0) for n in index), dtype=np.float64, count=len(index))
         if not np.all((s >= 0) & (s < 1)):
@@ -366,15 +390,15 @@ class PruningSpace:
 
     def kept_channels(self, plan: Plan) -> dict[str, int]:
         """Channels each group keeps under ``plan`` (after rounding to ``round_to``)."""
-        return {g.name: int(k) for g, k in zip(self.groups, self._counts(plan))}
+        return {g.name: int(k) for g, k in zip(self.groups, self.kept_counts(plan))}
 
     def macs(self, plan: Plan) -> int:
         """MACs of the pruned model on ``example_inputs`` — analytic, no model built."""
-        return self._macs_poly(self._counts(plan))
+        return self._macs_poly(self.kept_counts(plan))
 
     def params(self, plan: Plan) -> int:
         """Parameter count of the pruned model — analytic, no model built."""
-        return self._params_poly(self._counts(plan))
+        return self._params_poly(self.kept_counts(plan))
 
     def apply(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> nn.Module:
         """A new model with the channels ``plan`` asks for physically removed.
@@ -384,22 +408,41 @@ class PruningSpace:
         precomputed ``{group name: scores}`` mapping). Data-driven criteria take
         ``calibration``: an iterable of batches (``inputs`` or ``(inputs, targets)``).
         """
-        return self._build(self.keep_indices(plan, criterion, calibration=calibration))
+        return self.build(self.keep_indices(plan, criterion, calibration=calibration))
 
-    def keep_indices(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> dict[int, torch.Tensor]:
-        """For each pruned group (by internal id): the sorted indices of the channels it keeps."""
-        counts = self._counts(plan)
+    def keep_indices(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> dict[str, torch.Tensor]:
+        """For each group ``plan`` prunes: the sorted indices of the channels it keeps, by group name.
+
+        :meth:`build` turns them into the model; :meth:`apply` is the two in one.
+        """
+        counts = self.kept_counts(plan)
         pruned = [(g, int(k)) for g, k in zip(self.groups, counts) if k < g.channels]
-        keep: dict[int, torch.Tensor] = {}
+        keep: dict[str, torch.Tensor] = {}
         if pruned:
             scores = self.scores(criterion, calibration, [g for g, _ in pruned])
             for g, k in pruned:
                 top = torch.topk(scores[g.name], k, sorted=False).indices
-                keep[g.atom] = torch.sort(top).values
+                keep[g.name] = torch.sort(top).values
         return keep
 
-    def parameter_indices(self, keep: dict[int, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
-        """For every parameter and buffer that shrinks: {dim: kept indices}."""
+    def _atoms(self, keep: Mapping[str, Any]) -> dict[int, torch.Tensor]:
+        """``keep`` (by group name) keyed by the groups' axes, checked."""
+        out = {}
+        for name, idx in keep.items():
+            g = self._by_name.get(name)
+            if g is None:
+                raise KeyError(f"keep names unknown group {name!r}.{did_you_mean(name, self._by_name)}")
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            if idx.dim() != 1 or not 0 < idx.numel() <= g.channels or (idx.numel() and int(idx.max()) >= g.channels):
+                raise ValueError(f"group {name!r} keeps {idx.tolist()[:8]}...: give 1 to {g.channels} channel indices")
+            out[g.atom] = torch.sort(idx).values
+        return out
+
+    def parameter_indices(self, keep: Mapping[str, Any]) -> dict[str, dict[int, torch.Tensor]]:
+        """For every parameter and buffer that shrinks when each group keeps ``keep[name]``: {dim: kept indices}."""
+        return self._parameter_indices(self._atoms(keep))
+
+    def _parameter_indices(self, keep: dict[int, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
         cache: dict[int, torch.Tensor] = {}
         out: dict[str, dict[int, torch.Tensor]] = {}
         for pname, dims in self._param_dims.items():
@@ -414,8 +457,6 @@ class PruningSpace:
         self, criterion: Any = "l1", calibration: Any = None, groups: Sequence[ChannelGroup] | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-channel importance of each group (higher is kept first)."""
-        from .criteria import get_criterion
-
         groups = list(self.groups if groups is None else groups)
         if isinstance(criterion, Mapping):
             missing = [g.name for g in groups if g.name not in criterion]
@@ -428,14 +469,20 @@ class PruningSpace:
             return {g.name: cache[g.atom] for g in groups}
         if crit.needs_data and calibration is None:
             raise ValueError(f"criterion {crit.name!r} needs calibration batches: apply(..., calibration=loader)")
-        got = crit.scores(self, groups, calibration)
+        got = crit.scores(groups, self.model, calibration)
         if cache is not None:
             cache.update({g.atom: got[g.name] for g in groups})
         return got
 
     # -- building ----------------------------------------------------------------------------
+    def build(self, keep: Mapping[str, Any]) -> nn.Module:
+        """A new model in which each group named in ``keep`` keeps exactly those channel indices (the others keep
+        all of theirs): what :meth:`keep_indices` returns, or channels chosen any other way. The original model is
+        untouched."""
+        return self._build(self._atoms(keep))
+
     def _build(self, keep: dict[int, torch.Tensor]) -> nn.Module:
-        model = shrink(self.model, self.parameter_indices(keep))
+        model = shrink(self.model, self._parameter_indices(keep))
         modules = dict(model.named_modules())
         counts = {a: int(v.numel()) for a, v in keep.items()}
         for b in self._bindings.values():

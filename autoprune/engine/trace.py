@@ -288,7 +288,7 @@ class Tracer(TorchDispatchMode):
         for t in pytree.tree_leaves(inputs):
             if isinstance(t, torch.Tensor):
                 self.set(t, [self.fresh(s) for s in t.shape])
-        with _plain_kernels(self.model), torch.no_grad(), self._module_stack(), self:
+        with plain_kernels(self.model), torch.no_grad(), self._module_stack(), self:
             out = self.model(*inputs)
         for t in pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor):
@@ -307,7 +307,7 @@ _FLOP_PACKETS = _flop_packets() | {torch.ops.aten._scaled_dot_product_flash_atte
 
 
 @contextlib.contextmanager
-def _plain_kernels(model: nn.Module) -> Iterator[None]:
+def plain_kernels(model: nn.Module) -> Iterator[None]:
     """Composite layers as the ops they are made of, not one fused op that hides their channels.
 
     nn.MultiheadAttention's fast path is one opaque op; so are nn.LSTM on oneDNN
@@ -359,5 +359,5 @@ class ShapeRecorder(TorchDispatchMode):
         return out
 
     def run(self, model: nn.Module, inputs: tuple) -> None:
-        with _plain_kernels(model), torch.no_grad(), self:
+        with plain_kernels(model), torch.no_grad(), self:
             model(*inputs)

@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
-from .base import Evaluator, check_count, num_threads, resolve_device
+from ..utils import num_threads
+from .base import Evaluator, check_count, resolve_device
 
 Data = Union[Dataset, DataLoader, Sequence[torch.Tensor]]
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]

@@ -10,16 +10,15 @@ built-in name or an import path) into a callable.
 from __future__ import annotations
 
 import abc
-import contextlib
-import difflib
-import importlib
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 import torch
 from torch import nn
+
+from ..utils import import_object, unknown_name
 
 EvaluatorResult = Union[float, Mapping[str, Any]]
 EvaluatorLike = Callable[[nn.Module], EvaluatorResult]
@@ -47,20 +46,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
     return torch.device("cuda", index)
-
-
-@contextlib.contextmanager
-def num_threads(threads: int | None) -> Iterator[None]:
-    """Use `threads` intra-op threads inside the block (None: leave as is), then restore."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class Evaluator(abc.ABC):
@@ -117,26 +102,6 @@ def _builtin_evaluators() -> dict[str, type[Evaluator]]:
     return EVALUATORS
 
 
-def _import_object(path: str, builtin_names: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"evaluator import path {path!r} must look like 'package.module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot import module {module_name!r} for evaluator {path!r}: {exc}. Built-in evaluators: {builtin_names}"
-        ) from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ValueError(
-                f"module {module_name!r} has no attribute {attribute!r} (evaluator {path!r}). "
-                f"Built-in evaluators: {builtin_names}"
-            )
-        target = getattr(target, part)
-    return target
-
-
 def resolve_evaluator(spec: str | EvaluatorLike, **kwargs: Any) -> EvaluatorLike:
     """Return the evaluator that `spec` names.
 
@@ -162,13 +127,11 @@ def resolve_evaluator(spec: str | EvaluatorLike, **kwargs: Any) -> EvaluatorLike
     if spec in builtins:
         return builtins[spec](**kwargs)
     if ":" not in spec:
-        close = difflib.get_close_matches(spec, builtins, n=2)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown evaluator {spec!r}.{hint} Built-in evaluators: {builtin_names}; "
-            f"or give an import path 'package.module:function'"
-        )
-    target = _import_object(spec, builtin_names)
+        raise ValueError(unknown_name(spec, builtins, "evaluator", "; or an import path 'package.module:function'"))
+    try:
+        target = import_object(spec, "evaluator")
+    except ValueError as err:
+        raise ValueError(f"{err}. Built-in evaluators: {builtin_names}") from None
     if kwargs:
         if not callable(target):
             raise TypeError(f"{spec!r} is a {type(target).__name__}, not a factory that accepts {sorted(kwargs)}")

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..engine.latency import timing
-from .base import Evaluator, check_count, num_threads, resolve_device
+from ..utils import num_threads
+from .base import Evaluator, check_count, resolve_device
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 

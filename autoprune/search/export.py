@@ -8,7 +8,6 @@ every module, the width attributes that changed. ``weights.pt`` is the pruned
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,20 +15,18 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .. import __version__
 from ..engine import PruningSpace
 from ..engine.space import shrink, update_widths
+from ..utils import fingerprint
+from ..version import __version__
 
 STRUCTURE = "structure.json"
 WEIGHTS = "weights.pt"
 
 
-def fingerprint(model: nn.Module) -> str:
-    """Architecture fingerprint: names and shapes of every parameter and buffer."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-    return h.hexdigest()[:20]
+def _architecture(model: nn.Module) -> str:
+    """What ``load`` checks the unpruned model against: names, shapes and dtypes of its parameters and buffers."""
+    return fingerprint(model, n=20)
 
 
 def _attributes(base: nn.Module, pruned: nn.Module) -> dict[str, dict[str, Any]]:
@@ -76,7 +73,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     keep = space.keep_indices(plan, criterion, calibration=calibration)
     indices = space.parameter_indices(keep)
-    built = space._build(keep)
+    built = space.build(keep)
     pruned = model if model is not None else built
     if [tuple(t.shape) for t in pruned.state_dict().values()] != [tuple(t.shape) for t in built.state_dict().values()]:
         raise ValueError("model does not have the structure of this plan (export it from the same space and plan)")
@@ -84,7 +81,7 @@ def export(
     structure = {
         "format": "autoprune-structure/1",
         "autoprune_version": __version__,
-        "base_fingerprint": fingerprint(space.model),
+        "base_fingerprint": _architecture(space.model),
         "base_class": f"{type(space.model).__module__}.{type(space.model).__qualname__}",
         "example_input_shapes": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
         "criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
@@ -120,10 +117,10 @@ def load(out_dir: str | Path, base_model: nn.Module) -> nn.Module:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: point load() at a directory written by autoprune.export")
     structure = json.loads(path.read_text())
-    if structure.get("base_fingerprint") != fingerprint(base_model):
+    if structure.get("base_fingerprint") != _architecture(base_model):
         raise ValueError(
             f"{path} was exported from a different architecture (fingerprint {structure.get('base_fingerprint')}, "
-            f"this model {fingerprint(base_model)}): pass the same unpruned model class and constructor arguments"
+            f"this model {_architecture(base_model)}): pass the same unpruned model class and constructor arguments"
         )
     indices = {
         n: {int(d): torch.tensor(ix) for d, ix in spec["kept"].items()} for n, spec in structure["layers"].items()

@@ -32,13 +32,13 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
+from .attrs import DISCARDED, ERROR, MEASURED_MS, MEASURED_RATIO, PROPOSAL, RETRY_OF, STALE, WORKER
+
 # A worker frozen inside a transaction (SIGSTOP, a hung host) holds its row locks: Optuna locks the study row to
 # number a new trial, and a heartbeat's upsert share-locks its trial, which blocks failing it. On PostgreSQL the
 # server ends a transaction left idle this long, as Optuna's journal storage breaks a lock file after 30 s.
 HUNG_TRANSACTION_S = 30
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-DISCARDED = "discarded"  # why a trial was closed without being evaluated (a duplicate proposal, an empty ask)
-WORKER = "worker"  # {"host", "pid", "beat"}: who runs the trial, and its heartbeat counter
 
 
 class StorageError(ValueError):
@@ -166,7 +166,7 @@ def is_sqlite(storage: BaseStorage) -> bool:
 
 def uncounted(t: optuna.trial.FrozenTrial) -> bool:
     """Bookkeeping trials: failed because their worker died (and retried), or discarded before evaluation."""
-    return bool(t.user_attrs.get("stale") or t.user_attrs.get(DISCARDED))
+    return bool(t.user_attrs.get(STALE) or t.user_attrs.get(DISCARDED))
 
 
 def counted(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
@@ -238,17 +238,30 @@ def recover(study: optuna.Study, liveness: Liveness, trials: Iterable[optuna.tri
         if t.state != TrialState.RUNNING or not liveness.dead(t):
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "stale", True)
+            storage.set_trial_user_attr(t._trial_id, STALE, True)
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except RuntimeError:  # another worker finished or failed it first
             continue
         # Keep what tagged the proposal (a strategy's bookkeeping), drop what the crash left behind.
-        attrs = {k: v for k, v in t.user_attrs.items() if k not in ("stale", "retry_of", "error", WORKER)}
-        attrs["retry_of"] = t.number
-        study.enqueue_trial(t.params, user_attrs=attrs)
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in (STALE, RETRY_OF, ERROR, WORKER)}
+        attrs[RETRY_OF] = t.number
+        study.enqueue_trial(proposal(t), user_attrs=attrs)
         done.append(t.number)
     return done
+
+
+def proposal(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The whole proposal a trial was given, even when its worker died while Optuna was writing its parameters
+    one by one: recorded first in one write by the runner, or, for an enqueued trial, its fixed parameters."""
+    return dict(t.user_attrs.get(PROPOSAL) or t.system_attrs.get("fixed_params") or t.params)
+
+
+def latency_measurement(t: optuna.trial.FrozenTrial) -> dict[str, float] | None:
+    """A trial's measured latency, as :meth:`Projector.measured_excess` takes it, if it was measured."""
+    if MEASURED_RATIO not in t.user_attrs:
+        return None
+    return {"ms": t.user_attrs[MEASURED_MS], "ratio": t.user_attrs[MEASURED_RATIO]}
 
 
 def live_worker_elsewhere(study: optuna.Study) -> dict | None:

@@ -9,31 +9,37 @@ import os
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import optuna
-import torch
+from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
-from .. import __version__
 from ..engine import PruningSpace
-from ..engine.latency import LatencyTable, space_fingerprint
-from . import strategies  # noqa: F401 - registers the built-in strategies
+from ..engine.latency import LatencyTable
+from ..utils import fingerprint
+from ..version import __version__
+from . import (
+    attrs,
+    strategies,  # noqa: F401 - registers the built-in strategies
+)
 from .budget import Budget, Projector
+from .config import SearchConfig, resolve
 from .ledger import (
-    DISCARDED,
     HOST,
     Liveness,
     StorageError,
     counted,
     heartbeat,
     is_sqlite,
+    latency_measurement,
     live_worker_elsewhere,
     load_existing,
     make_storage,
     recover,
 )
-from .strategy import BATCH, SearchContext, Strategy, get_strategy, is_duplicate
+from .queue import is_duplicate, is_queued
+from .strategy import Action, SearchContext, Strategy, TrialNetwork, get_strategy
 
 log = logging.getLogger("autoprune")
 
@@ -45,29 +51,30 @@ def search(
     evaluator: Callable[[Any], Any],
     budget: Budget | None = None,
     *,
-    strategy: str | Strategy = "tpe",
-    n_trials: int = 100,
-    storage: Any = None,
-    study_name: str = "autoprune",
-    criterion: Any = "l1",
+    config: SearchConfig | None = None,
     calibration: Any = None,
-    seed: int = 0,
-    multi_objective: bool = False,
-    max_sparsity: float = 0.95,
-    strategy_options: Mapping[str, Any] | None = None,
     callbacks: Iterable[Callback] = (),
     timeout: float | None = None,
     latency_table: LatencyTable | None = None,
     join: bool = False,
     heartbeat_interval: float = 10.0,
-    verify_latency: bool = True,
-    latency_margin: float = 0.03,
+    **settings: Any,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
 
-    Run it again with the same arguments to resume: completed trials are kept,
-    a trial interrupted by a crash is retried, and ``n_trials`` is the total for
-    the whole study. Returns the study; :func:`best_plan` reads the result.
+    What the search is comes from ``config`` (a :class:`SearchConfig`) and/or its
+    fields given as keywords (``strategy=NAME``, ``n_trials=100``, ``storage=...``,
+    ``study_name=...``, ``criterion``, ``seed``, ``multi_objective``,
+    ``max_sparsity``, ``strategy_options``, ``verify_latency``, ``latency_margin``),
+    which override it. The other arguments say how this run goes: ``calibration``
+    batches for data-driven criteria, ``callbacks(study, trial)`` after each trial,
+    a ``timeout`` in seconds, a prebuilt ``latency_table``, ``join`` a study made by
+    :func:`create_study` as one of several workers, and the ``heartbeat_interval``.
+
+    Run it again with the same configuration to resume: completed trials are kept,
+    a trial interrupted by a crash is retried with exactly its proposal, and
+    ``n_trials`` is the total for the whole study. Returns the study;
+    :func:`best_plan` reads the result.
 
     Several workers share one search when each calls ``search(..., join=True)`` on
     a study made once by :func:`create_study`, on a storage several processes can
@@ -90,28 +97,12 @@ def search(
     """
     if not callable(evaluator):
         raise TypeError(f"evaluator must be callable (model -> float or dict), got {type(evaluator).__name__}")
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if heartbeat_interval <= 0:
         raise ValueError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
+    config = resolve(config, budget, settings)
     from ..evaluators import normalize_result
 
-    study, strat, ctx = _open(
-        space,
-        budget,
-        strategy=strategy,
-        storage=storage,
-        study_name=study_name,
-        criterion=criterion,
-        seed=seed,
-        multi_objective=multi_objective,
-        max_sparsity=max_sparsity,
-        strategy_options=strategy_options,
-        latency_table=latency_table,
-        join=join,
-        verify_latency=verify_latency,
-        latency_margin=latency_margin,
-    )
+    study, strat, ctx = _open(space, config, latency_table, join=join)
     if not join:
         strat.setup(ctx)
     orphans = []  # SQLite has one process per study (a live second one was refused): what is RUNNING, a crash left
@@ -121,6 +112,7 @@ def search(
     poll = min(heartbeat_interval, 2.0)
     dists = ctx.distributions()
     callbacks = list(callbacks)
+    n_trials = config.n_trials
     started = time.monotonic()
 
     while timeout is None or time.monotonic() - started < timeout:
@@ -130,13 +122,15 @@ def search(
         if ctx.projector.verify_latency:
             ctx.projector.calibrate(_latency_samples(trials))
         done, running = counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
-        if done >= n_trials or strat.finished(ctx):
+        if done >= n_trials:
             break
-        # While other workers' trials fill the budget, stay: if one of them dies, its plan is retried here.
-        action = "wait" if done + running >= n_trials else strat.prepare(ctx)
-        if action == "stop":
+        action = strat.next_action(ctx)
+        if action is Action.STOP:
             break
-        if action == "wait":
+        if action is Action.ASK and done + running >= n_trials:
+            # Other workers' trials fill the budget: stay, so that if one of them dies its plan is retried here.
+            action = Action.WAIT
+        if action is Action.WAIT:
             if not running:
                 break
             time.sleep(poll)
@@ -151,10 +145,10 @@ def search(
                 continue
             reason = _discard(trials, trial._trial_id, strat)
             if reason:
-                trial.set_user_attr(DISCARDED, reason)
+                trial.set_user_attr(attrs.DISCARDED, reason)
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
-            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, criterion, calibration)
+            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, calibration)
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
         for cb in callbacks:
             cb(study, frozen)
@@ -165,116 +159,128 @@ def create_study(
     space: PruningSpace,
     budget: Budget | None = None,
     *,
-    strategy: str | Strategy = "tpe",
-    storage: Any = None,
-    study_name: str = "autoprune",
-    criterion: Any = "l1",
-    seed: int = 0,
-    multi_objective: bool = False,
-    max_sparsity: float = 0.95,
-    strategy_options: Mapping[str, Any] | None = None,
+    config: SearchConfig | None = None,
     latency_table: LatencyTable | None = None,
-    verify_latency: bool = True,
-    latency_margin: float = 0.03,
+    **settings: Any,
 ) -> optuna.Study:
     """Create a search's study once, before its workers join it (``search(..., join=True)``).
 
-    Creates the storage's schema and the study, records the configuration the
-    workers must match, and the strategy's seed proposals. Calling it again on
-    the same study with the same configuration changes nothing.
+    Takes the search's configuration as :func:`search` does. Creates the storage's
+    schema and the study, records the configuration the workers must match, and the
+    strategy's seed proposals. Calling it again on the same study with the same
+    configuration changes nothing.
     """
-    study, strat, ctx = _open(
-        space,
-        budget,
-        strategy=strategy,
-        storage=storage,
-        study_name=study_name,
-        criterion=criterion,
-        seed=seed,
-        multi_objective=multi_objective,
-        max_sparsity=max_sparsity,
-        strategy_options=strategy_options,
-        latency_table=latency_table,
-        join=False,
-        verify_latency=verify_latency,
-        latency_margin=latency_margin,
-    )
+    study, strat, ctx = _open(space, resolve(config, budget, settings), latency_table, join=False)
     strat.setup(ctx)
     return study
 
 
 def _open(
-    space,
-    budget,
-    *,
-    strategy,
-    storage,
-    study_name,
-    criterion,
-    seed,
-    multi_objective,
-    max_sparsity,  # noqa: ANN001
-    strategy_options,
-    latency_table,
-    join,
-    verify_latency,
-    latency_margin,  # noqa: ANN001
+    space: PruningSpace, config: SearchConfig, latency_table: LatencyTable | None, *, join: bool
 ) -> tuple[optuna.Study, Strategy, SearchContext]:
-    """Validate the arguments, open (or create) the study, check its configuration, make the context."""
-    if not 0 < max_sparsity < 1:
-        raise ValueError(f"max_sparsity must be in (0, 1), got {max_sparsity!r}")
-    if not 0 <= latency_margin < 1:
-        raise ValueError(f"latency_margin must be in [0, 1) (a fraction of the budget), got {latency_margin!r}")
+    """Validate the configuration, open (or create) the study, check its configuration, make the context."""
     if not space.groups:
         raise ValueError("the space has no prunable channel groups: nothing to search")
-    strat = get_strategy(strategy, **dict(strategy_options or {}))
+    budget, name = config.budget, config.study_name
+    strat = get_strategy(config.strategy, **dict(config.strategy_options))
     needs_table = budget is not None and budget.latency is not None
     # raises for an unreachable budget; a latency budget is checked once its table is known
-    projector = None if needs_table else Projector(space, budget, max_sparsity)
+    projector = None if needs_table else Projector(space, budget, config.max_sparsity)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
+    directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if join:
-            study = load_existing(storage, study_name)
+            study = load_existing(config.storage, name)
         else:
             study = optuna.create_study(
-                storage=make_storage(storage, study_name),
-                study_name=study_name,
+                storage=make_storage(config.storage, name),
+                study_name=name,
                 directions=directions,
                 load_if_exists=True,
             )
     if is_sqlite(study._storage) and (other := live_worker_elsewhere(study)) is not None:
         raise StorageError(
-            f"study {study_name!r} is being searched by another process (pid {other['pid']}) on SQLite, which "
+            f"study {name!r} is being searched by another process (pid {other['pid']}) on SQLite, which "
             "supports one process: use a journal file (journal:NAME.journal) or PostgreSQL for several workers"
         )
     if projector is None:
         table = latency_table or _cached_table(study, space)
         if table is None and join:
-            raise ValueError(f"study {study_name!r} has no latency table for this model: run `autoprune study create`")
+            raise ValueError(f"study {name!r} has no latency table for this model: run `autoprune study create`")
         projector = Projector(
             space,
             budget,
-            max_sparsity,
+            config.max_sparsity,
             latency_table=table or LatencyTable.build(space),
-            verify_latency=verify_latency,
-            latency_margin=latency_margin,
+            verify_latency=config.verify_latency,
+            latency_margin=config.latency_margin,
         )
-        if study.user_attrs.get("latency_table") != projector.latency_table.to_dict():
-            study.set_user_attr("latency_table", projector.latency_table.to_dict())
+        if study.user_attrs.get(attrs.LATENCY_TABLE) != projector.latency_table.to_dict():
+            study.set_user_attr(attrs.LATENCY_TABLE, projector.latency_table.to_dict())
     verify = {"verify": projector.verify_latency, "margin": projector.latency_margin} if needs_table else None
-    _check_config(study, space, budget, strat, criterion, directions, max_sparsity, verify)
-    if multi_objective and not join:
+    _check_config(study, space, config, strat, directions, verify)
+    if config.multi_objective and not join:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["score", "macs"])
     # A resumed run, or another worker, must not replay the same random proposals.
     worker = f":{HOST}:{os.getpid()}" if join else ""
-    run_seed = int(hashlib.sha256(f"{seed}:{len(study.trials)}{worker}".encode()).hexdigest()[:8], 16)
-    ctx = SearchContext(space, projector, study, run_seed, max_sparsity, multi_objective, base_seed=seed)
-    study.sampler = strat.sampler(ctx)
+    run_seed = int(hashlib.sha256(f"{config.seed}:{len(study.trials)}{worker}".encode()).hexdigest()[:8], 16)
+    ctx = SearchContext(
+        space,
+        projector,
+        study,
+        run_seed,
+        config.max_sparsity,
+        config.multi_objective,
+        base_seed=config.seed,
+        criterion=config.criterion,
+    )
+    study.sampler = _RecordedProposals(strat.sampler(ctx), ctx.distributions())
     return study, strat, ctx
+
+
+class _RecordedProposals(BaseSampler):
+    """Wraps a strategy's sampler so that a trial's whole proposal is written in one storage call
+    (:data:`~autoprune.search.attrs.PROPOSAL`) before Optuna writes its parameters one by one.
+
+    A worker killed between those writes leaves a trial with only some parameters;
+    its retry then gets exactly the proposal it was given, not a new sample of the rest.
+    The wrapped sampler sees the same calls, in the same order, as without the wrapper.
+    """
+
+    def __init__(self, sampler: BaseSampler, distributions: dict[str, Any]) -> None:
+        self.sampler = sampler
+        self.distributions = distributions
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
+        return dict(self.distributions)
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+        # (Optuna takes an enqueued trial's fixed parameters without asking: only one enqueued in part gets here.)
+        fixed = trial.system_attrs.get("fixed_params", {})
+        space = self.sampler.infer_relative_search_space(study, trial)
+        plan = dict(self.sampler.sample_relative(study, trial, space)) if space else {}
+        for name, dist in self.distributions.items():
+            if name in fixed:
+                plan[name] = float(fixed[name])
+            elif name not in plan:
+                plan[name] = self.sampler.sample_independent(study, trial, name, dist)
+        study._storage.set_trial_user_attr(trial._trial_id, attrs.PROPOSAL, plan)
+        return plan
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
 
 
 def _discard(trials: list[optuna.trial.FrozenTrial], trial_id: int, strat: Strategy) -> str | None:
@@ -282,7 +288,7 @@ def _discard(trials: list[optuna.trial.FrozenTrial], trial_id: int, strat: Strat
     if is_duplicate(trials, trial_id):
         return "duplicate proposal"
     me = next(t for t in trials if t._trial_id == trial_id)
-    if strat.queued_only and BATCH not in me.user_attrs:
+    if strat.queued_only and not is_queued(me):
         return "nothing to propose: another worker took the last queued proposal"
     return None
 
@@ -297,28 +303,28 @@ def _surplus(trials: list[optuna.trial.FrozenTrial], trial: optuna.Trial, n_tria
 
 
 def _run_trial(
-    trial,
-    ctx,
-    evaluator,
-    normalize_result,
-    strat,
-    criterion,
-    calibration,  # noqa: ANN001
+    trial: optuna.Trial,
+    ctx: SearchContext,
+    evaluator: Callable[[Any], Any],
+    normalize_result: Callable[[Any], tuple[float, dict]],
+    strat: Strategy,
+    calibration: Any,
 ) -> tuple[TrialState, list[float] | None]:
     space, projector, multi_objective = ctx.space, ctx.projector, ctx.multi_objective
     raw = {n: float(trial.params[n]) for n in ctx.names}
     plan = projector.project(raw, fill=not multi_objective) if strat.projects else raw
-    trial.set_user_attr("strategy", strat.name)
-    trial.set_user_attr("criterion", criterion if isinstance(criterion, str) else type(criterion).__name__)
+    criterion = ctx.criterion
+    trial.set_user_attr(attrs.STRATEGY, strat.name)
+    trial.set_user_attr(attrs.CRITERION, criterion if isinstance(criterion, str) else type(criterion).__name__)
     if plan is None:
-        trial.set_user_attr("error", "no scaling of this plan meets the budget")
+        trial.set_user_attr(attrs.ERROR, "no scaling of this plan meets the budget")
         return TrialState.PRUNED, None
     costs = projector.costs(plan)
-    trial.set_user_attr("plan", plan)
-    trial.set_user_attr("macs", costs["macs"])
-    trial.set_user_attr("params", costs["params"])
+    trial.set_user_attr(attrs.PLAN, plan)
+    trial.set_user_attr(attrs.MACS, costs["macs"])
+    trial.set_user_attr(attrs.PARAMS, costs["params"])
     if "latency_ms" in costs:
-        trial.set_user_attr("latency_ms", costs["latency_ms"])
+        trial.set_user_attr(attrs.LATENCY_MS, costs["latency_ms"])
     for metric, target in projector.targets.items():
         if not (metric == "latency_ms" and projector.verify_latency):  # that one is measured below
             trial.set_constraint(metric, float(costs[metric] - target))
@@ -329,20 +335,20 @@ def _run_trial(
             model = space.apply(plan, criterion, calibration=calibration)
         if projector.verify_latency:
             measured = projector.latency_table.measure(model)
-            trial.set_user_attr("measured_latency_ms", measured["ms"])
-            trial.set_user_attr("measured_full_ms", measured["full_ms"])
-            trial.set_user_attr("measured_latency_ratio", measured["ratio"])
-            trial.set_user_attr("measured_clean", measured["clean"])
-            trial.set_user_attr("latency_scale", projector.latency_scale)
+            trial.set_user_attr(attrs.MEASURED_MS, measured["ms"])
+            trial.set_user_attr(attrs.MEASURED_FULL_MS, measured["full_ms"])
+            trial.set_user_attr(attrs.MEASURED_RATIO, measured["ratio"])
+            trial.set_user_attr(attrs.MEASURED_CLEAN, measured["clean"])
+            trial.set_user_attr(attrs.LATENCY_SCALE, projector.latency_scale)
             trial.set_constraint("latency_ms", projector.measured_excess(measured))
         score, extras = normalize_result(evaluator(model))
         strat.after_evaluation(ctx, trial, model)
     except Exception as err:  # noqa: BLE001 - a failing evaluator fails its trial, not the study
-        trial.set_user_attr("error", "".join(traceback.format_exception(err))[-4000:])
-        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        trial.set_user_attr(attrs.ERROR, "".join(traceback.format_exception(err))[-4000:])
+        trial.set_user_attr(attrs.EVAL_SECONDS, time.perf_counter() - t0)
         log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
         return TrialState.FAIL, None
-    trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+    trial.set_user_attr(attrs.EVAL_SECONDS, time.perf_counter() - t0)
     for k, v in extras.items():
         if isinstance(v, (int, float, str, bool)) and k != "score":
             trial.set_user_attr(k, v)
@@ -352,19 +358,16 @@ def _run_trial(
 def _latency_samples(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, dict[str, float]]]:
     """(predicted ms, measurement) of every completed trial whose latency was measured."""
     return [
-        (
-            t.user_attrs["latency_ms"],
-            {"ms": t.user_attrs["measured_latency_ms"], "ratio": t.user_attrs["measured_latency_ratio"]},
-        )
+        (t.user_attrs[attrs.LATENCY_MS], m)
         for t in trials
-        if t.state == TrialState.COMPLETE and "measured_latency_ratio" in t.user_attrs
+        if t.state == TrialState.COMPLETE and (m := latency_measurement(t)) is not None
     ]
 
 
 def _cached_table(study: optuna.Study, space: PruningSpace) -> LatencyTable | None:
     """The study's latency table, if it was built for this model on this device with one thread."""
-    data = study.user_attrs.get("latency_table")
-    if data is None or data.get("fingerprint") != space_fingerprint(space):
+    data = study.user_attrs.get(attrs.LATENCY_TABLE)
+    if data is None or data.get("fingerprint") != space.fingerprint():
         return None
     try:
         table = LatencyTable.from_dict(data, space)
@@ -373,49 +376,91 @@ def _cached_table(study: optuna.Study, space: PruningSpace) -> LatencyTable | No
     return table if table.matches(device="cpu", threads=1, batch_size=None) else None
 
 
-def _check_config(study, space, budget, strat, criterion, directions, max_sparsity, verify) -> None:  # noqa: ANN001
+def _check_config(
+    study: optuna.Study,
+    space: PruningSpace,
+    config: SearchConfig,
+    strat: Strategy,
+    directions: list[str],
+    verify: dict | None,
+) -> None:
     """Record the search's configuration in the study, or check it matches on resume."""
-    config = {
-        "space": space_fingerprint(space),
-        "weights": _weights_fingerprint(space),
+    recorded = {
+        "space": space.fingerprint(),
+        "weights": fingerprint(space.model, values=True),
         "groups": [g.name for g in space.groups],
-        "budget": budget.to_dict() if budget is not None else None,
+        "budget": config.budget.to_dict() if config.budget is not None else None,
         "strategy": strat.name,
-        "criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
+        "strategy_options": _jsonable(dict(config.strategy_options)),
+        "criterion": config.criterion_name,
         "directions": directions,
-        "max_sparsity": max_sparsity,
+        "max_sparsity": config.max_sparsity,
         "verify_latency": verify,
     }
-    old = study.user_attrs.get("autoprune")
+    old = study.user_attrs.get(attrs.CONFIG)
     if old is None:
-        study.set_user_attr("autoprune", {**config, "version": __version__})
+        study.set_user_attr(attrs.CONFIG, {**recorded, "version": __version__})
         return
-    diff = [k for k in config if k in old and json.dumps(old[k]) != json.dumps(config[k])]
+    diff = [k for k in recorded if k in old and json.dumps(old[k]) != json.dumps(recorded[k])]
     if diff:
-        detail = "; ".join(f"{k}: study has {old.get(k)!r}, now {config[k]!r}" for k in diff if k != "groups")
+        detail = "; ".join(f"{k}: study has {old.get(k)!r}, now {recorded[k]!r}" for k in diff if k != "groups")
         raise ValueError(
             f"study {study.study_name!r} was started with a different configuration ({', '.join(diff)}). "
             f"{detail}. Use another study_name (or storage) for a different search."
         )
 
 
-def _weights_fingerprint(space: PruningSpace) -> str:
-    """Identifies the model's weights: every worker of a study must search the same trained model."""
-    h = hashlib.sha256()
-    for name, value in space.model.state_dict().items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(options, default=repr))
 
 
-def best_plan(study: optuna.Study) -> dict[str, float]:
-    """The evaluated (projected) plan of the best trial; for a multi-objective study, the best-scoring Pareto point."""
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best trial; for a multi-objective study, the best-scoring Pareto point."""
     if len(study.directions) > 1:
         front = study.best_trials
         if not front:
             raise ValueError(f"study {study.study_name!r} has no completed trial yet")
-        return dict(max(front, key=lambda t: t.values[0]).user_attrs["plan"])
+        return max(front, key=lambda t: t.values[0])
     try:
-        return dict(study.best_trial.user_attrs["plan"])
+        return study.best_trial
     except ValueError as err:
         raise ValueError(f"study {study.study_name!r} has no completed trial that meets the budget yet") from err
+
+
+def best_plan(study: optuna.Study) -> dict[str, float]:
+    """The evaluated (projected) plan of the best trial; for a multi-objective study, the best-scoring Pareto point."""
+    return dict(best_trial(study).user_attrs[attrs.PLAN])
+
+
+def trial_network(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    space: PruningSpace,
+    *,
+    strategy: Strategy | None = None,
+    criterion: Any = None,
+) -> TrialNetwork:
+    """The network ``trial`` of ``study`` evaluated, from the strategy that proposed it (see
+    :meth:`Strategy.network`): ``trial_network(...).build()`` rebuilds it, and
+    ``export(net.space, net.plan, out, criterion=net.criterion)`` writes it.
+
+    ``space`` is the search's space (the unpruned model). The study records the strategy's name and options and
+    the criterion's name; pass ``strategy`` / ``criterion`` when the search ran with objects instead.
+    """
+    if trial.state != TrialState.COMPLETE or attrs.PLAN not in trial.user_attrs:
+        raise ValueError(f"trial {trial.number} of study {study.study_name!r} did not complete")
+    recorded = study.user_attrs.get(attrs.CONFIG)
+    if recorded is None:
+        raise ValueError(f"study {study.study_name!r} was not made by autoprune (it records no search configuration)")
+    if strategy is None:
+        strategy = get_strategy(recorded["strategy"], **recorded.get("strategy_options", {}))
+    ctx = SearchContext(
+        space,
+        None,
+        study,
+        0,
+        recorded.get("max_sparsity", 0.95),
+        len(study.directions) > 1,
+        criterion=criterion or trial.user_attrs.get(attrs.CRITERION, recorded.get("criterion", "l1")),
+    )
+    return strategy.network(ctx, trial)

@@ -1,22 +1,29 @@
 """The strategy protocol: how a search proposes plans, and the registry of strategies by name.
 
-A strategy is one small class in one file. Its state lives in the study: either
-it is re-derived from the trials recorded so far (TPE, random) or saved as user
-attributes / artifacts of the study, so a killed search resumes where it stopped.
+A strategy is one class in one file, registered by its ``name``. Its state lives in
+the study: it is re-derived from the trials recorded so far (TPE, random,
+simulated annealing) or saved as trial attributes and artifacts (NetAdapt's
+weights), so a killed search resumes where it stopped and several workers can
+share one search. The runner (:func:`autoprune.search` ) drives it: before each
+trial it asks :meth:`Strategy.next_action`; for each proposal it calls
+:meth:`Strategy.build`, evaluates, then :meth:`Strategy.after_evaluation`; export,
+``autoprune show`` and fine-tuning get a trial's network from
+:meth:`Strategy.network`, so nothing outside a strategy's file names it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import uuid
+import abc
+import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
+from torch import nn
 
-from .ledger import DISCARDED
+from ..utils import lookup
+from . import attrs
 
 if TYPE_CHECKING:
     from ..engine import PruningSpace
@@ -29,130 +36,160 @@ STRATEGIES: dict[str, type["Strategy"]] = {}
 class SearchContext:
     """What a strategy may look at: the space, the budget projector, the study and the seeds.
 
-    ``seed`` differs per run (so a resumed sampler does not replay itself);
+    ``seed`` differs per run and worker (so a resumed sampler does not replay itself);
     ``base_seed`` is the user's seed, for strategies that replay their state.
+    ``projector`` is None when the study is only read (export, ``autoprune show``).
     """
 
     space: "PruningSpace"
-    projector: "Projector"
+    projector: "Projector | None"
     study: optuna.Study
     seed: int
     max_sparsity: float
     multi_objective: bool = False
     base_seed: int = 0
+    criterion: Any = "l1"
 
     @property
     def names(self) -> list[str]:
         return [g.name for g in self.space.groups]
 
     def distributions(self) -> dict[str, FloatDistribution]:
+        """One parameter per channel group: its sparsity, in ``[0, max_sparsity]``."""
         return {n: FloatDistribution(0.0, self.max_sparsity) for n in self.names}
 
 
-class Strategy:
-    """Base class. Subclasses set ``name`` and override what they need.
+class Action(enum.Enum):
+    """What the runner does next, as :meth:`Strategy.next_action` says."""
 
-    ``parallel`` says how the strategy runs with several workers on one study.
+    ASK = "ask"  #: ask the study for a trial (a queued proposal, or the sampler's) and evaluate it
+    WAIT = "wait"  #: other workers' trials must finish first (e.g. the rest of an iteration); poll again
+    STOP = "stop"  #: nothing more to propose: this strategy's search is over
+
+
+@dataclass
+class TrialNetwork:
+    """The network a trial evaluated, ready to rebuild: ``space.apply(plan, criterion)``.
+
+    For most strategies ``space`` is the search's and ``criterion`` the search's
+    criterion. A strategy that carries trained weights from trial to trial gives a
+    space over the trial's own (full-size) weights and per-group scores that keep
+    exactly the trial's channels, so export writes the very network that was scored.
     """
 
-    name: str = ""
-    parallel: str = "independent asks: each worker samples from the shared study"
+    space: "PruningSpace"
+    plan: dict[str, float]
+    criterion: Any
+
+    def build(self, calibration: Any = None) -> nn.Module:
+        return self.space.apply(self.plan, self.criterion, calibration=calibration)
+
+
+class Strategy(abc.ABC):
+    """Base class of search strategies (in the manner of Optuna's ``BaseSampler``).
+
+    Subclasses set ``name`` (which registers them in :data:`STRATEGIES`), implement
+    :meth:`sampler`, and override the hooks they need. A strategy's constructor
+    takes its options as keyword arguments (``strategy_options`` / the study file's
+    ``strategy.options``) and should reject bad ones at once.
+    """
+
+    #: The registered name (``search(strategy=name)``, the study file's ``strategy.name``).
+    name: ClassVar[str] = ""
     #: Proposals are projected onto the budget before they are built (NetAdapt's are not: it walks down to it).
-    projects: bool = True
-    #: Every proposal is an enqueued trial (see :func:`enqueue_batch`); an ask that finds the queue empty is discarded.
-    queued_only: bool = False
+    projects: ClassVar[bool] = True
+    #: Every proposal is an enqueued trial (:func:`autoprune.search.queue.enqueue_batch`); an ask that finds the
+    #: queue empty (another worker took the last proposal) is discarded, not sampled.
+    queued_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             STRATEGIES[cls.name] = cls
 
+    @abc.abstractmethod
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler that proposes parameters (one float per group)."""
-        return optuna.samplers.RandomSampler(seed=ctx.seed)
+        """The Optuna sampler that proposes a trial's parameters (one sparsity per group, see
+        :meth:`SearchContext.distributions`); it should be seeded by ``ctx.seed``.
+
+        Args:
+            ctx: the search's context.
+
+        Returns:
+            A sampler; a strategy whose proposals are all enqueued may return any (it is never asked).
+        """
 
     def setup(self, ctx: SearchContext) -> None:
-        """Called once per run before the first trial (e.g. to enqueue seed plans)."""
+        """Called once per run before the first trial, and by ``create_study``: enqueue seed plans
+        (:func:`autoprune.search.queue.enqueue_once`) and reject options this budget cannot honour.
 
-    def finished(self, ctx: SearchContext) -> bool:
-        """True when the strategy has nothing more to propose."""
-        return False
-
-    def prepare(self, ctx: SearchContext) -> str:
-        """Called before each trial: ``"ask"`` for a proposal, ``"wait"`` while other workers must finish
-        first (e.g. the rest of an iteration), ``"stop"`` when there is nothing left to propose.
-
-        A strategy that enqueues its proposals may enqueue the next batch here (see :func:`enqueue_batch`).
+        Args:
+            ctx: the search's context.
         """
-        return "ask"
 
-    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
-        """The model to evaluate for ``plan``; None means ``space.apply(plan, criterion)``."""
+    def next_action(self, ctx: SearchContext) -> Action:
+        """Called before each trial.
+
+        A strategy that enqueues its proposals enqueues the next batch here, once the
+        previous one is complete (:func:`autoprune.search.queue.enqueue_batch` keeps
+        one copy when several workers do it at once).
+
+        Args:
+            ctx: the search's context.
+
+        Returns:
+            :attr:`Action.ASK` for a proposal, :attr:`Action.WAIT` while other workers must finish first,
+            :attr:`Action.STOP` when there is nothing left to propose.
+        """
+        return Action.ASK
+
+    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> nn.Module | None:
+        """The model to evaluate for ``plan``.
+
+        Args:
+            ctx: the search's context.
+            trial: the running trial (for attributes the strategy records).
+            plan: the plan to evaluate (projected onto the budget when :attr:`projects`).
+
+        Returns:
+            A model, or None for ``ctx.space.apply(plan, ctx.criterion)``.
+        """
         return None
 
-    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: Any) -> None:
-        """Called with the evaluated (possibly fine-tuned) model before the trial is told."""
+    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: nn.Module) -> None:
+        """Called with the evaluated (possibly fine-tuned in place) model before the trial is told: a strategy
+        that carries weights saves them here (e.g. as a study artifact).
+
+        Args:
+            ctx: the search's context.
+            trial: the running trial.
+            model: the model the evaluator was given.
+        """
+
+    def network(self, ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialNetwork:
+        """The network ``trial`` evaluated, for export, fine-tuning and ``autoprune show``.
+
+        Args:
+            ctx: a context on the study (its ``projector`` may be None).
+            trial: a completed trial of this strategy's study.
+
+        Returns:
+            By default the trial's plan applied to the search's space with the search's criterion; a strategy
+            whose :meth:`build` returns its own networks returns them here.
+        """
+        return TrialNetwork(ctx.space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion)
 
 
-def get_strategy(spec: Any, **options: Any) -> Strategy:
+def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
+    """A strategy object from a registered name and its options (or the object itself, without options)."""
     if isinstance(spec, Strategy):
+        if options:
+            raise ValueError(f"strategy options {sorted(options)} only apply to a strategy name, not an object")
         return spec
     if isinstance(spec, str):
-        cls = STRATEGIES.get(spec)
-        if cls is None:
-            raise ValueError(f"unknown strategy {spec!r}; available: {', '.join(sorted(STRATEGIES))}")
+        cls = lookup(STRATEGIES, spec, "strategy")
         try:
             return cls(**options)
         except TypeError as err:
             raise ValueError(f"bad options for strategy {spec!r}: {err}") from err
     raise TypeError(f"strategy must be a name or a Strategy, got {type(spec).__name__}")
-
-
-BATCH = "batch"
-
-
-def enqueue_batch(ctx: SearchContext, key: str, proposals: list[tuple[dict[str, float], dict[str, Any]]]) -> bool:
-    """Enqueue ``proposals`` (plan, user attributes) as one batch named ``key``, once per study.
-
-    Idempotent with many workers: a worker enqueues the batch only if no trial of
-    ``key`` exists yet; if two workers enqueue it at the same moment, the copy
-    holding the lowest trial id wins and the other is marked a duplicate (PRUNED,
-    never evaluated, not counted). Returns True if this call's copy is the one kept.
-    """
-    study = ctx.study
-    if any(_batch_key(t) == key for t in study.get_trials(deepcopy=False)):
-        return False
-    token = uuid.uuid4().hex
-    for plan, attrs in proposals:
-        study.enqueue_trial(plan, user_attrs={**attrs, BATCH: {"key": key, "token": token}})
-    trials = study.get_trials(deepcopy=False)
-    if _winner(trials, key) == token:
-        return True
-    for t in trials:  # lost the race: withdraw this copy before anyone evaluates it
-        if t.user_attrs.get(BATCH, {}).get("token") == token and t.state == TrialState.WAITING:
-            with contextlib.suppress(RuntimeError):
-                study._storage.set_trial_user_attr(t._trial_id, DISCARDED, "duplicate proposal")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
-    return False
-
-
-def is_duplicate(trials: list[optuna.trial.FrozenTrial], trial_id: int) -> bool:
-    """True if trial ``trial_id`` belongs to a batch that another worker enqueued first (see :func:`enqueue_batch`)."""
-    me = next((t for t in trials if t._trial_id == trial_id), None)
-    batch = me.user_attrs.get(BATCH) if me is not None else None
-    return bool(batch) and _winner(trials, batch["key"]) != batch["token"]
-
-
-def _batch_key(t: optuna.trial.FrozenTrial) -> str | None:
-    batch = t.user_attrs.get(BATCH)
-    return batch.get("key") if isinstance(batch, dict) else None
-
-
-def _winner(trials: list[optuna.trial.FrozenTrial], key: str) -> str | None:
-    mine = [t for t in trials if _batch_key(t) == key]
-    return min(mine, key=lambda t: t._trial_id).user_attrs[BATCH]["token"] if mine else None
-
-
-def enqueue_once(ctx: SearchContext, plan: dict[str, float], tag: str) -> None:
-    """Enqueue ``plan`` (a seed plan such as the uniform one) once per study, whatever the number of workers."""
-    enqueue_batch(ctx, f"seed:{tag}", [(plan, {"seed_plan": tag})])

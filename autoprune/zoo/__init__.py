@@ -7,12 +7,12 @@ pruned model can be rebuilt densely with `type(model)(..., **model.widths())`.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from ..utils import unknown_name
 from .mobilenetv2 import InvertedResidual, MobileNetV2, mobilenet_v2
 from .pretrained import PRETRAINED, pretrained
 from .resnet import BasicBlock, ResNetCIFAR, resnet20, resnet32, resnet44, resnet56, resnet110
@@ -32,9 +32,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model `name`, passing `kwargs` to its builder."""
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown model {name!r}.{hint} Available: {', '.join(MODELS)}")
+        raise ValueError(unknown_name(name, MODELS, "model"))
     return MODELS[name](**kwargs)
 
 

@@ -11,7 +11,6 @@ models expect inputs normalised as `autoprune.data.load_fashion_mnist` does.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils import unknown_name
 from .resnet import resnet20, resnet56
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -61,9 +61,7 @@ def pretrained(name: str = "resnet20_fashion_mnist") -> nn.Module:
     it does not match the sha256 recorded in its metadata.
     """
     if name not in PRETRAINED:
-        close = difflib.get_close_matches(name, PRETRAINED, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown pretrained model {name!r}.{hint} Available: {', '.join(PRETRAINED)}")
+        raise ValueError(unknown_name(name, PRETRAINED, "pretrained model"))
     meta = PRETRAINED[name]
     path = Path(meta["weights_path"])
     if not path.is_file():

@@ -9,13 +9,15 @@ model under a dispatch mode that reduces those outputs per channel.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..trace import _plain_kernels
+from ..groups import ChannelGroup, ChannelSite
+from ..trace import UNSEQUENCED, plain_kernels
 from .base import batches
 
 ACTIVATIONS = {
@@ -40,73 +42,66 @@ ACTIVATIONS = {
 PRODUCERS = {"convolution", "_convolution", "mm", "addmm", "bmm", "baddbmm"}
 
 
-def measurement_points(space, groups) -> dict[int, list[tuple[int, int, int, torch.Tensor]]]:
-    """atom -> [(op index, output index, dim, coords)] where the group can be observed."""
-    wanted = {g.atom for g in groups}
-    found: dict[int, dict[str, list]] = {a: {"act": [], "prod": []} for a in wanted}
-    for i, op in enumerate(space._ops):
-        kind = "act" if op.name in ACTIVATIONS else "prod" if op.name in PRODUCERS else None
-        if kind is None:
-            continue
-        for j, dims in enumerate(op.outputs):
-            for k, e in enumerate(dims):
-                atoms = [a for a in space.axes.atoms(e) if a in wanted]
-                if not atoms:
-                    continue
-                coords = space.axes.coords(e)
-                for a in atoms:
-                    found[a][kind].append((i, j, k, coords[a]))
-    return {a: v["act"] or v["prod"] for a, v in found.items()}
+def measurement_points(groups: Sequence[ChannelGroup]) -> dict[str, list[ChannelSite]]:
+    """Where each group is observed: its activation outputs, else the conv / matmul outputs that produce it."""
+    out = {}
+    for g in groups:
+        acts = [s for s in g.sites if s.op_name in ACTIVATIONS]
+        out[g.name] = acts or [s for s in g.sites if s.op_name in PRODUCERS]
+    return out
 
 
 class _Collector(TorchDispatchMode):
-    def __init__(self, points: dict[int, list], names: list[str], stat: Callable[[torch.Tensor, int], torch.Tensor]):
+    """Sums ``stat`` of the observed outputs over one forward pass, op by op in the traced order."""
+
+    def __init__(self, points: dict[str, list[ChannelSite]], stat: Callable[[torch.Tensor, int], torch.Tensor]):
         super().__init__()
-        self.by_op: dict[int, list] = {}
-        for a, pts in points.items():
-            for p in pts:
-                self.by_op.setdefault(p[0], []).append((a, p))
-        self.names = names
+        self.by_op: dict[int, list[ChannelSite]] = {}
+        for sites in points.values():
+            for site in sites:
+                self.by_op.setdefault(site.op, []).append(site)
         self.stat = stat
-        self.sums: dict[tuple, torch.Tensor] = {}
+        self.sums: dict[tuple[int, int, int], torch.Tensor] = {}
         self.i = 0
         self.in_sync = True
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        i = self.i
-        self.i += 1
-        if not self.in_sync or i >= len(self.names) or func.overloadpacket.__name__ != self.names[i]:
-            self.in_sync = False
+        name = func.overloadpacket.__name__
+        if name in UNSEQUENCED or not self.in_sync:
             return out
-        for a, (_, j, k, _) in self.by_op.get(i, ()):
-            o = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)][j]
-            key = (i, j, k)
+        sites = self.by_op.get(self.i, ())
+        self.i += 1
+        outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)] if sites else []
+        for site in sites:
+            o = outs[site.output] if site.output < len(outs) else None
+            if name != site.op_name or o is None or o.dim() <= site.dim or o.shape[site.dim] != site.channel.numel():
+                self.in_sync = False  # the model ran differently than when it was traced: stop measuring
+                return out
+            key = (site.op, site.output, site.dim)
             if key not in self.sums:
-                self.sums[key] = self.stat(o.detach().double(), k)
-            elif self.sums[key].numel():
-                self.sums[key] += self.stat(o.detach().double(), k)
+                self.sums[key] = self.stat(o.detach().double(), site.dim)
         return out
 
 
 def activation_scores(
-    space,
-    groups,
+    groups: Sequence[ChannelGroup],
+    model: nn.Module,
     calibration: Any,
     stat: Callable[[torch.Tensor, int], torch.Tensor],
     finish: Callable[[torch.Tensor], torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    points = measurement_points(space, groups)
-    names = [op.name for op in space._ops]
-    model = space.model
+    """Average ``stat`` of each group's observed outputs over the calibration batches, per channel, through
+    ``finish``; each observation point normalised to mean 1 and summed."""
+    points = measurement_points(groups)
     was_training = model.training
     totals: dict[tuple, torch.Tensor] = {}
     n = 0
     try:
         model.eval()
         for inputs, _ in batches(calibration):
-            col = _Collector(points, names, stat)
-            with _plain_kernels(model), torch.no_grad(), col:
+            col = _Collector(points, stat)
+            with plain_kernels(model), torch.no_grad(), col:
                 model(*inputs)
             for key, v in col.sums.items():
                 totals[key] = totals[key] + v if key in totals else v
@@ -118,15 +113,15 @@ def activation_scores(
     out = {}
     for g in groups:
         s = torch.zeros(g.channels, dtype=torch.float64)
-        for i, j, k, coords in points[g.atom]:
-            per_index = totals.get((i, j, k))
+        for site in points[g.name]:
+            per_index = totals.get((site.op, site.output, site.dim))
             if per_index is None:
                 continue
             per_index = finish(per_index / n)
-            inside = coords >= 0
-            ch = torch.zeros(g.channels, dtype=torch.float64).index_add_(0, coords[inside], per_index[inside])
+            inside = site.channel >= 0
+            ch = torch.zeros(g.channels, dtype=torch.float64).index_add_(0, site.channel[inside], per_index[inside])
             cnt = torch.zeros(g.channels, dtype=torch.float64).index_add_(
-                0, coords[inside], torch.ones(int(inside.sum()), dtype=torch.float64)
+                0, site.channel[inside], torch.ones(int(inside.sum()), dtype=torch.float64)
             )
             ch = ch / cnt.clamp_min(1)
             mean = ch.abs().mean()

@@ -8,7 +8,7 @@ class APoZ(Criterion):
     name = "apoz"
     needs_data = True
 
-    def scores(self, space, groups, calibration):
+    def scores(self, groups, model, calibration=None):
         return activation_scores(
-            space, groups, calibration, lambda x, k: per_index_mean((x <= 0).double(), k), lambda apoz: 1.0 - apoz
+            groups, model, calibration, lambda x, k: per_index_mean((x <= 0).double(), k), lambda apoz: 1.0 - apoz
         )

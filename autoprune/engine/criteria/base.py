@@ -1,30 +1,36 @@
 """What a channel-importance criterion is, and the helpers they share.
 
 A criterion scores every channel of the groups it is asked about; higher means
-more important, and a group keeps its highest-scoring channels. A group's
-channels run through several layers: each layer's per-channel scores are
-normalised to mean 1 and then summed, so wide and narrow layers weigh the same.
-Weight criteria score the layers whose *output* channels the group is (the
-filters); a group without such a layer is scored by all of its parameters.
+more important, and a group keeps its highest-scoring channels. It is given the
+groups (each knows its parameter dims and where the forward pass carries its
+channels), the model those groups belong to, and calibration batches when it
+needs data; it never sees the analysis behind the groups. A group's channels run
+through several layers: each layer's per-channel scores are normalised to mean 1
+and then summed, so wide and narrow layers weigh the same. Weight criteria score
+the layers whose *output* channels the group is (the filters); a group without
+such a layer is scored by all of its parameters.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+import abc
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from ..space import ChannelGroup, Member, PruningSpace
+from ...utils import lookup
+from ..groups import ChannelGroup, Member
 
 CRITERIA: dict[str, type["Criterion"]] = {}
 
 
-class Criterion:
-    """Base class: subclasses set ``name`` and implement :meth:`scores`."""
+class Criterion(abc.ABC):
+    """Base class: subclasses set ``name`` (which registers them) and implement :meth:`scores`."""
 
-    name: str = ""
-    needs_data: bool = False
+    name: ClassVar[str] = ""
+    #: True when :meth:`scores` needs calibration batches (its scores are then never cached).
+    needs_data: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -33,73 +39,62 @@ class Criterion:
 
     @property
     def cache_key(self) -> str:
+        """Scores of a data-free criterion are cached per space under this key (include options that change them)."""
         return self.name
 
-    def scores(self, space: "PruningSpace", groups: list["ChannelGroup"], calibration: Any) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def scores(
+        self, groups: Sequence[ChannelGroup], model: nn.Module, calibration: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-channel importance of each group.
+
+        Args:
+            groups: the groups to score.
+            model: the unpruned model the groups were found in; leave it as it was.
+            calibration: an iterable of batches (``inputs`` or ``(inputs, targets)``) when ``needs_data``.
+
+        Returns:
+            ``{group name: float64 tensor of group.channels scores}``.
+        """
 
 
 def get_criterion(criterion: Any) -> Criterion:
+    """A criterion object from a registered name (or the object itself)."""
     if isinstance(criterion, Criterion):
         return criterion
     if isinstance(criterion, str):
-        cls = CRITERIA.get(criterion)
-        if cls is None:
-            raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(sorted(CRITERIA))}")
-        return cls()
+        return lookup(CRITERIA, criterion, "criterion")()
     raise TypeError(f"criterion must be a name, a Criterion or a mapping of scores, got {type(criterion).__name__}")
 
 
-def producers(group: "ChannelGroup") -> list["Member"]:
-    return [m for m in group.members if m.role == "output"] or list(group.members)
-
-
-def channel_rows(space: "PruningSpace", member: "Member", atom: int, tensor: torch.Tensor) -> torch.Tensor:
-    """Reshape ``tensor`` (a parameter, or anything shaped like it) to (channels, -1) for one group.
-
-    Every index of the member's dim that belongs to the group becomes part of its
-    channel's row; channels of a product dim (heads) or of a range (a ``cat``
-    part) are gathered the same way.
-    """
-    e = space._param_dims[member.param][member.dim]
-    x = tensor.detach().movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1)
-    if len(e) == 1 and space.axes.find(e[0]) == atom:
-        return x
-    coords = space.axes.coords(e)[atom]
-    inside = torch.nonzero(coords >= 0).flatten()
-    order = inside[torch.argsort(coords[inside], stable=True)]
-    return x[order].reshape(space.axes.size(atom), -1)
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` by name (shared ones under each of their names)."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+    return named
 
 
 def aggregate(
-    space: "PruningSpace",
-    group: "ChannelGroup",
-    members: Iterable["Member"],
+    group: ChannelGroup,
+    members: Iterable[Member],
     per_member: Callable[[torch.Tensor], torch.Tensor],
-    tensors: dict[str, torch.Tensor] | None = None,
+    tensors: Mapping[str, torch.Tensor],
 ) -> torch.Tensor:
-    """Sum over members of ``per_member(rows)`` normalised to mean 1."""
-    named = tensors if tensors is not None else _named_tensors(space)
+    """Sum over ``members`` of ``per_member(rows)`` (one score per channel), each normalised to mean 1."""
     total = torch.zeros(group.channels, dtype=torch.float64)
     for m in members:
-        rows = channel_rows(space, m, group.atom, named[m.param])
-        s = per_member(rows).to(torch.float64)
+        s = per_member(m.channel_rows(tensors[m.param], group.channels)).to(torch.float64)
         mean = s.abs().mean()
         total += s / mean if mean > 0 else s
     return total
 
 
-def _named_tensors(space: "PruningSpace") -> dict[str, torch.Tensor]:
-    named = dict(space.model.named_parameters(remove_duplicate=False))
-    named.update(dict(space.model.named_buffers(remove_duplicate=False)))
-    return named
-
-
 def weight_scores(
-    space: "PruningSpace", groups: list["ChannelGroup"], per_member: Callable[[torch.Tensor], torch.Tensor]
+    groups: Sequence[ChannelGroup], model: nn.Module, per_member: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    named = _named_tensors(space)
-    return {g.name: aggregate(space, g, producers(g), per_member, named) for g in groups}
+    """Score each group's filters (its producers) with ``per_member`` on their weights."""
+    named = named_tensors(model)
+    return {g.name: aggregate(g, g.producers, per_member, named) for g in groups}
 
 
 def batches(calibration: Any) -> Iterable[tuple[tuple, Any]]:

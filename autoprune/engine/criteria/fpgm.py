@@ -12,5 +12,5 @@ from .base import Criterion, weight_scores
 class FPGM(Criterion):
     name = "fpgm"
 
-    def scores(self, space, groups, calibration):
-        return weight_scores(space, groups, lambda rows: torch.cdist(rows, rows).sum(1))
+    def scores(self, groups, model, calibration=None):
+        return weight_scores(groups, model, lambda rows: torch.cdist(rows, rows).sum(1))

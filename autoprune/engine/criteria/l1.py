@@ -6,5 +6,5 @@ from .base import Criterion, weight_scores
 class L1(Criterion):
     name = "l1"
 
-    def scores(self, space, groups, calibration):
-        return weight_scores(space, groups, lambda rows: rows.abs().sum(1))
+    def scores(self, groups, model, calibration=None):
+        return weight_scores(groups, model, lambda rows: rows.abs().sum(1))

@@ -6,5 +6,5 @@ from .base import Criterion, weight_scores
 class L2(Criterion):
     name = "l2"
 
-    def scores(self, space, groups, calibration):
-        return weight_scores(space, groups, lambda rows: rows.pow(2).sum(1).sqrt())
+    def scores(self, groups, model, calibration=None):
+        return weight_scores(groups, model, lambda rows: rows.pow(2).sum(1).sqrt())

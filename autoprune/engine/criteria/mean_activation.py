@@ -8,7 +8,7 @@ class MeanActivation(Criterion):
     name = "mean_activation"
     needs_data = True
 
-    def scores(self, space, groups, calibration):
+    def scores(self, groups, model, calibration=None):
         return activation_scores(
-            space, groups, calibration, lambda x, k: per_index_mean(x.clamp_min(0), k), lambda m: m
+            groups, model, calibration, lambda x, k: per_index_mean(x.clamp_min(0), k), lambda m: m
         )

@@ -17,7 +17,7 @@ class Random(Criterion):
     def cache_key(self) -> str:
         return f"random:{self.seed}"
 
-    def scores(self, space, groups, calibration):
+    def scores(self, groups, model, calibration=None):
         out = {}
         for g in groups:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(g.name.encode()))

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .base import Criterion, batches, channel_rows
+from .base import Criterion, batches
 
 
 class Taylor(Criterion):
@@ -22,8 +22,7 @@ class Taylor(Criterion):
     def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> None:
         self.loss = loss
 
-    def scores(self, space, groups, calibration):
-        model = space.model
+    def scores(self, groups, model, calibration=None):
         params = dict(model.named_parameters(remove_duplicate=False))
         saved = {n: (p.grad, p.requires_grad) for n, p in params.items()}
         was_training = model.training
@@ -47,7 +46,7 @@ class Taylor(Criterion):
                     s = torch.zeros(g.channels, dtype=torch.float64)
                     for m in g.members:
                         if m.param in gw:
-                            s += channel_rows(space, m, g.atom, gw[m.param]).sum(1).double()
+                            s += m.channel_rows(gw[m.param], g.channels).sum(1).double()
                     totals[g.name] += s.pow(2)
                 n += 1
         finally:

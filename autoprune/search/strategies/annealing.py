@@ -6,9 +6,10 @@ acceptance draw is seeded by the chain's step, each move by the proposal's slot
 (its place among the study's trials, not counting those failed by a crash). So a
 killed search resumes mid-chain and continues exactly as an uninterrupted run with
 the same seed would, and workers evaluating neighbours in parallel never draw the
-same move.
+same move: each worker proposing while k others are in flight draws the k-th move of the step,
+and moves are accepted in trial order.
 
-Defaults fix what breaks in NNI (ALGORITHMS.md §4a): the first few moves are
+Defaults fix what breaks in NNI's SimulatedAnnealingPruner: the first few moves are
 random perturbations whose score drops calibrate the start temperature so that
 about ``target_acceptance`` of worse moves are accepted at first (NNI's T0 = 100
 against accuracy deltas of 0.01 accepts everything); every step cools (not only
@@ -29,8 +30,10 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
+from .. import attrs
 from ..ledger import uncounted
-from ..strategy import SearchContext, Strategy, enqueue_once
+from ..queue import enqueue_once
+from ..strategy import Action, SearchContext, Strategy
 
 START = "uniform"
 
@@ -50,10 +53,6 @@ class ChainState:
 
 class SimulatedAnnealing(Strategy):
     name = "sa"
-    parallel = (
-        "one chain, neighbours evaluated in parallel: each worker proposes a different random move (seeded by its "
-        "trial's slot) from the chain's current plan; moves are accepted in trial order"
-    )
 
     def __init__(
         self,
@@ -93,24 +92,24 @@ class SimulatedAnnealing(Strategy):
     def setup(self, ctx: SearchContext) -> None:
         enqueue_once(ctx, ctx.projector.uniform(), START)
 
-    def finished(self, ctx: SearchContext) -> bool:
-        return self.replay(ctx).stopped
+    def next_action(self, ctx: SearchContext) -> Action:
+        return Action.STOP if self.replay(ctx).stopped else Action.ASK
 
     # -- the chain ------------------------------------------------------------------
     def replay(self, ctx: SearchContext) -> ChainState:
         """Re-derive the chain from the study's completed trials (in trial order)."""
         done = [
-            t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "plan" in t.user_attrs
+            t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if attrs.PLAN in t.user_attrs
         ]
         if not done:  # the start plan is not evaluated yet: parallel workers explore around it meanwhile
             start = ctx.projector.uniform()
             return ChainState(start, float("-inf"), start, float("-inf"), 0.0, 0.0, 0, 0)
-        start = next((t for t in done if t.user_attrs.get("seed_plan") == START), done[0])
+        start = next((t for t in done if t.user_attrs.get(attrs.SEED_PLAN) == START), done[0])
         moves = [t for t in done if t is not start]
         st = ChainState(
-            dict(start.user_attrs["plan"]),
+            dict(start.user_attrs[attrs.PLAN]),
             start.values[0],
-            dict(start.user_attrs["plan"]),
+            dict(start.user_attrs[attrs.PLAN]),
             start.values[0],
             0.0,
             0.0,
@@ -127,7 +126,7 @@ class SimulatedAnnealing(Strategy):
         st.temperature = st.t0
         self._track_best(st, calibration)
         for t in chain:
-            score, plan = t.values[0], dict(t.user_attrs["plan"])
+            score, plan = t.values[0], dict(t.user_attrs[attrs.PLAN])
             rng = self._rng(ctx, st.step, "accept")
             accepted = score >= st.score or rng.random() < math.exp((score - st.score) / st.temperature)
             if accepted:
@@ -155,7 +154,7 @@ class SimulatedAnnealing(Strategy):
     def _track_best(st: ChainState, trials: list) -> None:
         for t in trials:
             if t.values[0] > st.best_score:
-                st.best, st.best_score = dict(t.user_attrs["plan"]), t.values[0]
+                st.best, st.best_score = dict(t.user_attrs[attrs.PLAN]), t.values[0]
 
     def _rng(self, ctx: SearchContext, step: int, what: str) -> random.Random:
         return random.Random(f"{ctx.base_seed}:{what}:{step}")

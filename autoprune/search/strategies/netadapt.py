@@ -27,11 +27,18 @@ Everything is re-derived from the study: proposals are enqueued trials tagged wi
 their iteration; the picked proposal's fine-tuned weights are a study artifact
 (full-size tensors, pruned channels left at their old values), so a killed search
 resumes at the iteration and proposal where it stopped. The proposals of one
-iteration are independent, so several workers can evaluate them in parallel.
+iteration are independent, so several workers evaluate them in parallel; they
+wait at the end of an iteration, and exactly one copy of the next iteration is
+enqueued even when several of them reach that point at once.
+
+A trial's network (for export and fine-tuning) is its fine-tuned weights with
+exactly its channels kept (:meth:`NetAdapt.network`), not its plan re-applied to
+the original weights.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -41,18 +48,18 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
 from ...engine import PruningSpace
-from ..ledger import storage_file, uncounted
-from ..strategy import SearchContext, Strategy, enqueue_batch
+from .. import attrs
+from ..ledger import latency_measurement, storage_file, uncounted
+from ..queue import enqueue_batch
+from ..strategy import Action, SearchContext, Strategy, TrialNetwork
 
-TAG = "netadapt"
+TAG = "netadapt"  # a proposal's {"iteration", "group", "of"}
+KEEP = "netadapt_keep"  # the channels a proposal's network keeps, per group (indices into the original widths)
+WEIGHTS = "netadapt_weights"  # the artifact id of a proposal's fine-tuned weights (full size)
 RESOURCES = ("macs", "params", "latency_ms")
-MEASURED = "measured_latency_ratio"  # set by the runner on every candidate under a verified latency budget
-
-
-def _measurement(t: optuna.trial.FrozenTrial) -> dict[str, float]:
-    return {"ms": t.user_attrs["measured_latency_ms"], "ratio": t.user_attrs[MEASURED]}
 
 
 @dataclass
@@ -71,10 +78,6 @@ class _State:
 
 class NetAdapt(Strategy):
     name = "netadapt"
-    parallel = (
-        "the proposals of one iteration are independent trials that any number of workers evaluate; "
-        "workers wait at the end of an iteration and exactly one copy of the next iteration is enqueued"
-    )
     projects = False
     queued_only = True
 
@@ -100,6 +103,10 @@ class NetAdapt(Strategy):
         self.criterion = criterion
         self.artifact_dir = artifact_dir
         self._base: dict[str, Any] = {}
+        self._state: _State | None = None  # replayed by next_action, for the build that follows it
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=ctx.seed)  # never asked: every proposal is enqueued
 
     # -- state, re-derived from the study --------------------------------------------
     def setup(self, ctx: SearchContext) -> None:
@@ -126,8 +133,9 @@ class NetAdapt(Strategy):
         """The network meets every limit of the budget; its latency as measured, when it was."""
         costs = ctx.projector.costs(plan)
         for metric in ctx.projector.targets:
-            if metric == "latency_ms" and trial is not None and MEASURED in trial.user_attrs:
-                if ctx.projector.measured_excess(_measurement(trial)) > 0:
+            measured = latency_measurement(trial) if trial is not None else None
+            if metric == "latency_ms" and measured is not None:
+                if ctx.projector.measured_excess(measured) > 0:
                     return False
             elif costs[metric] > ctx.projector.limit(metric):
                 return False
@@ -142,7 +150,7 @@ class NetAdapt(Strategy):
         picked = None
         while True:
             props = [t for t in trials if t.user_attrs[TAG]["iteration"] == st.iteration and not uncounted(t)]
-            live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get("stale"))]
+            live = [t for t in props if not (t.state == TrialState.FAIL and t.user_attrs.get(attrs.STALE))]
             if self._meets(ctx, st.plan, picked):
                 st.done = True
                 return st
@@ -153,52 +161,51 @@ class NetAdapt(Strategy):
             if len(finished) < expected:
                 st.pending = True
                 return st
-            done = [t for t in finished if t.state == TrialState.COMPLETE and "netadapt_weights" in t.user_attrs]
+            done = [t for t in finished if t.state == TrialState.COMPLETE and WEIGHTS in t.user_attrs]
             if not done:
                 st.done = True  # every proposal failed: nothing to continue from
                 return st
             # As in the paper, the best proposal among those meeting the constraint; here the whole budget (latency
             # as measured), so a last iteration ends with a network that really meets it, when one of them does.
-            feasible = [t for t in done if self._meets(ctx, t.user_attrs["plan"], t)]
+            feasible = [t for t in done if self._meets(ctx, t.user_attrs[attrs.PLAN], t)]
             best = max(feasible or done, key=lambda t: self._merit(ctx, st, t))
-            st.plan = dict(best.user_attrs["plan"])
-            st.keep = best.user_attrs["netadapt_keep"]
-            st.weights = best.user_attrs["netadapt_weights"]
+            st.plan = dict(best.user_attrs[attrs.PLAN])
+            st.keep = best.user_attrs[KEEP]
+            st.weights = best.user_attrs[WEIGHTS]
             st.score = best.values[0]
             st.resource = self._cost(ctx, st.plan)
             st.history.append(best.number)
             st.iteration += 1
             picked = best
-            if resource == "latency_ms" and MEASURED in best.user_attrs and st.resource <= st.target:
+            measurement = latency_measurement(best)
+            if resource == "latency_ms" and measurement is not None and st.resource <= st.target:
                 # The table put this network under the budget; if it measures over, the table is optimistic here
                 # (only here: its bias changes sign along the way): aim lower by its predicted/measured ratio.
-                measured = ctx.projector.measured_excess(_measurement(best)) + limit
+                measured = ctx.projector.measured_excess(measurement) + limit
                 if measured > limit:
                     st.target = limit * st.resource / measured
 
     def _merit(self, ctx: SearchContext, st: _State, t: optuna.trial.FrozenTrial) -> float:
         if self.pick == "max_score" or st.score is None:
             return t.values[0]
-        saved = max(st.resource - self._cost(ctx, t.user_attrs["plan"]), 1e-12)
+        saved = max(st.resource - self._cost(ctx, t.user_attrs[attrs.PLAN]), 1e-12)
         return -(st.score - t.values[0]) / saved
 
-    def finished(self, ctx: SearchContext) -> bool:
-        return self.replay(ctx).done
-
-    def prepare(self, ctx: SearchContext) -> str:
-        """Enqueue the next iteration's proposals once the previous iteration is complete.
+    def next_action(self, ctx: SearchContext) -> Action:
+        """Stop at the budget; else evaluate the current iteration's proposals, enqueueing them once the previous
+        iteration is complete.
 
         Every worker that sees the barrier computes the same proposals; :func:`enqueue_batch`
         keeps exactly one copy, so two workers advancing at once never duplicate an iteration.
         """
-        st = self.replay(ctx)
+        st = self._state = self.replay(ctx)
         if st.done:
-            return "stop"
+            return Action.STOP
         waiting = ctx.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if any(t.user_attrs.get(TAG, {}).get("iteration") == st.iteration for t in waiting):
-            return "ask"
+            return Action.ASK
         if st.pending:
-            return "wait"  # the rest of this iteration is being evaluated by other workers
+            return Action.WAIT  # the rest of this iteration is being evaluated by other workers
         full = self._cost(ctx, {})
         reduction = self.initial_reduction * full * self.decay**st.iteration
         cut = st.resource - 1e-6 * full  # groups that can lower the resource at all
@@ -213,7 +220,7 @@ class NetAdapt(Strategy):
                 break
             reduction /= 2
         if not proposals:
-            return "stop"
+            return Action.STOP
         enqueue_batch(
             ctx,
             f"{TAG}:{st.iteration}",
@@ -222,7 +229,7 @@ class NetAdapt(Strategy):
                 for plan, group in proposals
             ],
         )
-        return "ask"
+        return Action.ASK
 
     def _propose(self, ctx: SearchContext, st: _State, group: Any, target: float) -> tuple[dict, str] | None:
         """The largest channel count of ``group`` whose network meets ``target`` (others unchanged)."""
@@ -249,45 +256,46 @@ class NetAdapt(Strategy):
     def _store(self, ctx: SearchContext):  # noqa: ANN202
         return artifact_store(ctx.study, self.artifact_dir)
 
+    def _space_over(self, ctx: SearchContext, weights: str | None) -> PruningSpace:
+        """A space on the original architecture over the weights saved as artifact ``weights`` (None: the
+        original weights)."""
+        model = ctx.space.model
+        if weights is not None:
+            from optuna.artifacts import download_artifact
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "weights.pt"
+                download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=weights)
+                state = torch.load(path, weights_only=True)
+            model = copy.deepcopy(model)
+            model.load_state_dict(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to, verify=False)
+
     def _current(self, ctx: SearchContext, st: _State) -> PruningSpace:
         """The current network as a space on the original architecture (cached per iteration)."""
         key = st.weights or "original"
         if key not in self._base:
-            model = ctx.space.model
-            if st.weights is not None:
-                from optuna.artifacts import download_artifact
-
-                path = Path(tempfile.mkdtemp()) / "weights.pt"
-                download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=st.weights)
-                import copy
-
-                model = copy.deepcopy(model)
-                model.load_state_dict(torch.load(path, weights_only=True))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._base = {
-                    key: PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to, verify=False)
-                }
+            self._base = {key: self._space_over(ctx, st.weights)}
         return self._base[key]
 
-    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> Any:
-        st = self.replay(ctx)
+    def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> nn.Module:
+        """The proposal's network: the current network's highest-``criterion`` channels at ``plan`` (its own kept
+        channels only), with the current network's weights."""
+        st = self._state if self._state is not None else self.replay(ctx)
         base = self._current(ctx, st)
         scores = base.scores(self.criterion)
         if st.keep is not None:
-            for name, kept in st.keep.items():
-                mask = torch.full_like(scores[name], float("-inf"))
-                mask[torch.tensor(kept, dtype=torch.long)] = 0.0
-                scores[name] = scores[name] + mask
+            scores = {name: s + _only(st.keep[name], s.numel()) for name, s in scores.items()}
         keep = base.keep_indices(plan, scores)
-        by_atom = {g.atom: g.name for g in base.groups}
-        full = {g.name: list(range(g.channels)) for g in base.groups}
-        full.update({by_atom[a]: idx.tolist() for a, idx in keep.items()})
-        trial.set_user_attr("netadapt_keep", full)
+        trial.set_user_attr(
+            KEEP, {g.name: keep[g.name].tolist() if g.name in keep else list(range(g.channels)) for g in base.groups}
+        )
         self._pending = (base, keep)
-        return base._build(keep)
+        return base.build(keep)
 
-    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: Any) -> None:
+    def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: nn.Module) -> None:
         """Save the evaluated (fine-tuned) weights, scattered back to full size, as a study artifact."""
         from optuna.artifacts import upload_artifact
 
@@ -303,14 +311,30 @@ class NetAdapt(Strategy):
                 *[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())], indexing="ij"
             )
             state[name][grids] = value.detach()
-        path = Path(tempfile.mkdtemp()) / f"netadapt_trial_{trial.number}.pt"
-        torch.save(state, path)
-        with warnings.catch_warnings():
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            path = Path(tmp) / f"netadapt_trial_{trial.number}.pt"
+            torch.save(state, path)
             aid = upload_artifact(
                 artifact_store=self._store(ctx), file_path=str(path), study_or_trial=trial, storage=ctx.study._storage
             )
-        trial.set_user_attr("netadapt_weights", aid)
+        trial.set_user_attr(WEIGHTS, aid)
+
+    def network(self, ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialNetwork:
+        """The trial's own network: a space over its fine-tuned weights, and scores that keep exactly its channels."""
+        if WEIGHTS not in trial.user_attrs:
+            raise ValueError(f"NetAdapt trial {trial.number} has no saved weights (its evaluation did not finish)")
+        net = self._space_over(ctx, trial.user_attrs[WEIGHTS])
+        kept = trial.user_attrs[KEEP]
+        scores = {g.name: _only(kept[g.name], g.channels) for g in net.groups}
+        return TrialNetwork(net, dict(trial.user_attrs[attrs.PLAN]), scores)
+
+
+def _only(kept: list[int], channels: int) -> torch.Tensor:
+    """Scores under which exactly the channels ``kept`` rank first (0 for them, -inf for the others)."""
+    s = torch.full((channels,), float("-inf"), dtype=torch.float64)
+    s[torch.tensor(kept, dtype=torch.long)] = 0.0
+    return s
 
 
 def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: ANN201
@@ -325,33 +349,3 @@ def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: 
         directory = str(path.with_suffix(".artifacts")) if path else str(Path.cwd() / "autoprune-artifacts")
     Path(directory).mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(directory)
-
-
-def trial_network(
-    space: PruningSpace, study: optuna.Study, trial: optuna.trial.FrozenTrial, artifact_dir: str | None = None
-) -> tuple[PruningSpace, dict[str, torch.Tensor]]:
-    """A NetAdapt trial's own network: a space over its fine-tuned weights, and scores that keep its channels.
-
-    ``export(net_space, trial.user_attrs["plan"], out, criterion=scores)`` then writes exactly that network.
-    """
-    import copy
-
-    from optuna.artifacts import download_artifact
-
-    path = Path(tempfile.mkdtemp()) / "weights.pt"
-    download_artifact(
-        artifact_store=artifact_store(study, artifact_dir),
-        file_path=str(path),
-        artifact_id=trial.user_attrs["netadapt_weights"],
-    )
-    model = copy.deepcopy(space.model)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = PruningSpace(model, space.example_inputs, round_to=space.round_to, verify=False)
-    scores = {}
-    for g in net.groups:
-        s = torch.zeros(g.channels, dtype=torch.float64)
-        s[torch.tensor(trial.user_attrs["netadapt_keep"][g.name], dtype=torch.long)] = 1.0
-        scores[g.name] = s
-    return net, scores

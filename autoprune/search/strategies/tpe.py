@@ -3,18 +3,20 @@
 One parameter per channel group; the uniform plan that meets the budget is
 evaluated first; every proposal is projected onto the budget before it is built
 (TPE models the raw proposal, the projected plan is what gets evaluated).
+Workers ask independently; with constant liar, trials still running count as
+pessimistic results, so parallel workers do not all propose the same region.
 """
 
 from __future__ import annotations
 
 import optuna
 
-from ..strategy import SearchContext, Strategy, enqueue_once
+from ..queue import enqueue_once
+from ..strategy import SearchContext, Strategy
 
 
 class TPE(Strategy):
     name = "tpe"
-    parallel = "independent asks with constant liar: running trials count as pessimistic results"
 
     def __init__(self, n_startup_trials: int = 10, n_ei_candidates: int = 24) -> None:
         self.n_startup_trials = n_startup_trials

@@ -1,31 +1,38 @@
 """Uniform pruning: one sparsity for every group, found by bisection to meet the budget.
 
-It proposes a single plan, the baseline every other strategy has to beat.
+It proposes a single plan, the baseline every other strategy has to beat. With
+several workers, one evaluates it and the others wait for it and stop.
 """
 
 from __future__ import annotations
 
+import optuna
 from optuna.trial import TrialState
 
-from ..strategy import SearchContext, Strategy, enqueue_once
+from .. import attrs
+from ..queue import enqueue_once
+from ..strategy import Action, SearchContext, Strategy
+
+TAG = "uniform"
 
 
 class Uniform(Strategy):
     name = "uniform"
-    parallel = "one plan: one worker evaluates it, the others wait for it and stop"
     queued_only = True
 
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=ctx.seed)  # never asked: the one proposal is enqueued
+
     def setup(self, ctx: SearchContext) -> None:
-        enqueue_once(ctx, ctx.projector.uniform(), "uniform")
+        enqueue_once(ctx, ctx.projector.uniform(), TAG)
 
-    def prepare(self, ctx: SearchContext) -> str:
-        if self.finished(ctx):
-            return "stop"
-        return "ask" if ctx.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) else "wait"
-
-    def finished(self, ctx: SearchContext) -> bool:
-        return any(
-            t.user_attrs.get("seed_plan") == "uniform"
-            and (t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and not t.user_attrs.get("stale"))
-            for t in ctx.study.get_trials(deepcopy=False)
+    def next_action(self, ctx: SearchContext) -> Action:
+        trials = ctx.study.get_trials(deepcopy=False)
+        evaluated = any(
+            t.user_attrs.get(attrs.SEED_PLAN) == TAG
+            and (t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and not t.user_attrs.get(attrs.STALE))
+            for t in trials
         )
+        if evaluated:
+            return Action.STOP
+        return Action.ASK if any(t.state == TrialState.WAITING for t in trials) else Action.WAIT

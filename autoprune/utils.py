@@ -1,0 +1,78 @@
+"""Small helpers every layer shares: registry lookups, import paths, fingerprints, thread counts.
+
+Standard library and torch only, so that any package of autoprune may use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3) -> str:
+    """`` Did you mean 'x'?`` for the close matches of ``name`` among ``known`` (empty when there are none)."""
+    close = difflib.get_close_matches(str(name), list(known), n=n)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def unknown_name(name: str, known: Iterable[str], what: str, extra: str = "") -> str:
+    """The one message for a name no registry has: close matches, then everything it has."""
+    known = list(known)
+    return f"unknown {what} {name!r}.{did_you_mean(name, known)} Available: {', '.join(known)}{extra}"
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """``registry[name]``, or a ValueError naming close matches and every registered name."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise ValueError(unknown_name(name, sorted(registry), what)) from None
+
+
+def import_object(spec: str, what: str = "object") -> Any:
+    """Import ``package.module:attribute`` (the attribute may be dotted: ``module:Class.method``)."""
+    module_name, _, attribute = str(spec).partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{what} {spec!r} is not an import path; write it as 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import module {module_name!r} for {what} {spec!r}: {err}") from err
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r} ({what} {spec!r})")
+        target = getattr(target, part)
+    return target
+
+
+def fingerprint(model: torch.nn.Module | Mapping[str, torch.Tensor], *, values: bool = False, n: int = 16) -> str:
+    """A short hash of a model's state dict: names, shapes and dtypes (the architecture), and with ``values`` its
+    numbers too (the trained weights)."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if values:
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:n]
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (None: leave as is), then restore."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
