@@ -7,6 +7,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from .search.attrs import MACS, PLAN
+
 
 def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     import matplotlib
@@ -16,16 +18,16 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and "macs" in t.user_attrs]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and MACS in t.user_attrs]
     if not done:
         raise ValueError(f"study {study.study_name!r} has no completed trial to plot")
-    macs = [t.user_attrs["macs"] / 1e6 for t in done]
+    macs = [t.user_attrs[MACS] / 1e6 for t in done]
     score = [t.values[0] for t in done]
-    front = sorted(_pareto(done), key=lambda t: t.user_attrs["macs"])
+    front = sorted(_pareto(done), key=lambda t: t.user_attrs[MACS])
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(macs, score, s=12, alpha=0.5, label="trials")
-    ax.plot([t.user_attrs["macs"] / 1e6 for t in front], [t.values[0] for t in front], "r.-", label="Pareto front")
+    ax.plot([t.user_attrs[MACS] / 1e6 for t in front], [t.values[0] for t in front], "r.-", label="Pareto front")
     ax.set_xlabel("MMACs")
     ax.set_ylabel("score")
     ax.set_title(study.study_name)
@@ -36,7 +38,7 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     plt.close(fig)
 
     best = max(done, key=lambda t: t.values[0])
-    plan = best.user_attrs["plan"]
+    plan = best.user_attrs[PLAN]
     names = list(plan)
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))
     ax.bar(range(len(names)), [1 - plan[n] for n in names])
@@ -58,8 +60,8 @@ def _pareto(trials: list) -> list:
         for t in trials
         if not any(
             o.values[0] >= t.values[0]
-            and o.user_attrs["macs"] <= t.user_attrs["macs"]
-            and (o.values[0] > t.values[0] or o.user_attrs["macs"] < t.user_attrs["macs"])
+            and o.user_attrs[MACS] <= t.user_attrs[MACS]
+            and (o.values[0] > t.values[0] or o.user_attrs[MACS] < t.user_attrs[MACS])
             for o in trials
         )
     ]

@@ -8,6 +8,7 @@ allowed. The validated file is stored in the study, so ``autoprune export`` and
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,15 +74,18 @@ class EvaluatorSpec(_Strict):
 
 
 class StrategySpec(_Strict):
+    """A registered strategy's name, or ``module:Class`` for one of your own (importable from where the command runs
+    or from the study file's folder), and its constructor's options."""
+
     name: str = "tpe"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .search import STRATEGIES
+        from .search.strategy import strategy_class
 
-        lookup(STRATEGIES, v, "strategy")
+        strategy_class(v)  # a registered name, or an import path that names a Strategy subclass
         return v
 
 
@@ -148,9 +152,13 @@ class StudyFileError(ValueError):
 
 
 def load_study_file(path: str | Path) -> tuple[StudyFile, Path]:
+    """Read and validate a study file. Import paths in it (``module:function``) may name modules next to it."""
     path = Path(path)
     if not path.exists():
         raise StudyFileError(f"study file {path} does not exist")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)

@@ -90,18 +90,25 @@ def check_contract(
 SEARCH_SCRIPT = __import__("pathlib").Path(__file__).parent / "scripts" / "search_digits.py"
 
 
-def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe") -> None:
-    """Run tests/scripts/search_digits.py to completion in a subprocess."""
+def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search") -> None:
+    """Run tests/scripts/search_digits.py to completion in a subprocess (``mode``: search, create or join)."""
+    proc = start_search(url, n_trials, pause, strategy, mode)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def start_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search") -> Any:
+    """Start tests/scripts/search_digits.py in a subprocess; returns the ``subprocess.Popen`` (stderr piped)."""
     import os
     import subprocess
     import sys
 
-    subprocess.run(
-        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
-        check=True,
-        capture_output=True,
-        timeout=900,
+    return subprocess.Popen(
+        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy, mode],
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

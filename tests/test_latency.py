@@ -241,7 +241,7 @@ def test_study_file_accepts_a_latency_budget():
     config = parse_study(
         {"study_name": "s", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]}, "budget": {"latency": 0.6}}
     )
-    assert ap.Budget(**config.budget.model_dump(exclude_none=True)).latency == 0.6
+    assert config.budget == ap.Budget(latency=0.6) and config.search_config().budget == ap.Budget(latency=0.6)
 
 
 # -- a latency budget is met as measured, whatever the table says ------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -107,6 +108,7 @@ class PruningSpace:
         if verify:
             self._verify()
             self._build_groups()
+        self._attach_rows()
         self._build_costs()
 
     # -- analysis ------------------------------------------------------------------------
@@ -163,7 +165,7 @@ class PruningSpace:
                     )
                     lst = members.setdefault(a, [])
                     if all(x.param != pname or x.dim != k for x in lst):
-                        lst.append(Member(pname, k, mod, role, self._rows(e, a)))
+                        lst.append(Member(pname, k, mod, role))
                     whole.setdefault(a, len(atoms) == 1 and len(e) == 1)
         names_by_expr = {}
         for b in self._bindings.values():
@@ -192,13 +194,23 @@ class PruningSpace:
         self._by_name = {g.name: g for g in groups}
         self._index = {g.name: i for i, g in enumerate(groups)}
 
-    def _rows(self, e: Expr, atom: int) -> torch.Tensor | None:
-        """The indices of a dim ``e`` that belong to ``atom``, channel by channel (None: the dim is the atom)."""
-        if len(e) == 1 and self.axes.find(e[0]) == atom:
-            return None
-        coords = self.axes.coords(e)[atom]
-        inside = torch.nonzero(coords >= 0).flatten()
-        return inside[torch.argsort(coords[inside], stable=True)]
+    def _attach_rows(self) -> None:
+        """Give every member that is part of a wider dim the indices its group's channels own (see
+        :attr:`Member.rows`); once, on the final groups."""
+        coords: dict[Expr, dict[int, torch.Tensor]] = {}
+        for g in self.groups:
+            members = []
+            for m in g.members:
+                e = self._param_dims[m.param][m.dim]
+                if not (len(e) == 1 and self.axes.find(e[0]) == g.atom):
+                    key = tuple(self.axes.find(a) for a in e)
+                    if key not in coords:
+                        coords[key] = self.axes.coords(e)
+                    c = coords[key][g.atom]
+                    inside = torch.nonzero(c >= 0).flatten()
+                    m = dataclasses.replace(m, rows=inside[torch.argsort(c[inside], stable=True)])
+                members.append(m)
+            g.members = members
 
     def _locate_sites(self, group: ChannelGroup) -> list[ChannelSite]:
         """Every traced output dim that carries ``group``'s channels (see :attr:`ChannelGroup.sites`)."""

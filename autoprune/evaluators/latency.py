@@ -1,8 +1,8 @@
 """Measured forward latency of a model, as an evaluator (score = -milliseconds) and a plain function.
 
 Wall-clock latency is noisy on shared machines: another process on the same
-cores can slow a run by far more than its share (MACHINE_NOTES.md §2 saw
-2-thread OpenMP collapse 50-fold under contention). Timing is the engine's
+cores can slow a run by far more than its share (2-thread OpenMP was seen to
+collapse 50-fold under contention on a 2-core machine). Timing is the engine's
 (:func:`autoprune.engine.latency.timing`): on a CPU, blocks in which the process
 did not get its threads' CPU time are dropped and timed again, and `clean` says
 what fraction of blocks was kept (well below 1: the machine was too busy to trust

@@ -1,6 +1,7 @@
 """Budgets: how small the pruned model must be, checked analytically before anything is built.
 
-A proposed plan is *projected* onto the budget (ALGORITHMS.md §5): its keep ratios
+A proposed plan is *projected* onto the budget (as AMC's action wall and
+AutoCompress's allocation do, here for any strategy): its keep ratios
 ``r = 1 - s`` are scaled by one global factor ``alpha`` and clipped to
 ``[r_min, 1]``; bisection finds the largest ``alpha`` whose plan meets every
 limit. The plan keeps its shape (which layers are pruned more), and a budget

@@ -39,7 +39,7 @@ from .ledger import (
     recover,
 )
 from .queue import is_duplicate, is_queued
-from .strategy import Action, SearchContext, Strategy, TrialNetwork, get_strategy
+from .strategy import STRATEGIES, Action, SearchContext, Strategy, TrialNetwork, get_strategy
 
 log = logging.getLogger("autoprune")
 
@@ -267,6 +267,7 @@ class _RecordedProposals(BaseSampler):
                 plan[name] = float(fixed[name])
             elif name not in plan:
                 plan[name] = self.sampler.sample_independent(study, trial, name, dist)
+        plan = {n: float(v) for n, v in plan.items()}
         study._storage.set_trial_user_attr(trial._trial_id, attrs.PROPOSAL, plan)
         return plan
 
@@ -399,7 +400,8 @@ def _check_config(
     }
     old = study.user_attrs.get(attrs.CONFIG)
     if old is None:
-        study.set_user_attr(attrs.CONFIG, {**recorded, "version": __version__})
+        where = f"{type(strat).__module__}:{type(strat).__qualname__}"  # to rebuild a strategy no one registered
+        study.set_user_attr(attrs.CONFIG, {**recorded, "strategy_class": where, "version": __version__})
         return
     diff = [k for k in recorded if k in old and json.dumps(old[k]) != json.dumps(recorded[k])]
     if diff:
@@ -453,7 +455,9 @@ def trial_network(
     if recorded is None:
         raise ValueError(f"study {study.study_name!r} was not made by autoprune (it records no search configuration)")
     if strategy is None:
-        strategy = get_strategy(recorded["strategy"], **recorded.get("strategy_options", {}))
+        name = recorded["strategy"]
+        spec = name if name in STRATEGIES or "strategy_class" not in recorded else recorded["strategy_class"]
+        strategy = get_strategy(spec, **recorded.get("strategy_options", {}))
     ctx = SearchContext(
         space,
         None,

@@ -22,7 +22,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from torch import nn
 
-from ..utils import lookup
+from ..utils import import_object, lookup
 from . import attrs
 
 if TYPE_CHECKING:
@@ -180,14 +180,25 @@ class Strategy(abc.ABC):
         return TrialNetwork(ctx.space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion)
 
 
+def strategy_class(spec: str) -> type[Strategy]:
+    """The strategy class a registered name or an import path (``package.module:Class``, which registers it) names."""
+    if ":" in spec:
+        cls = import_object(spec, "strategy")
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise ValueError(f"{spec!r} is a {type(cls).__name__}, not a subclass of autoprune.Strategy")
+        return cls
+    return lookup(STRATEGIES, spec, "strategy")
+
+
 def get_strategy(spec: str | Strategy, **options: Any) -> Strategy:
-    """A strategy object from a registered name and its options (or the object itself, without options)."""
+    """A strategy object from a registered name or an import path (``package.module:Class``) and its options; or
+    the object itself, without options."""
     if isinstance(spec, Strategy):
         if options:
             raise ValueError(f"strategy options {sorted(options)} only apply to a strategy name, not an object")
         return spec
     if isinstance(spec, str):
-        cls = lookup(STRATEGIES, spec, "strategy")
+        cls = strategy_class(spec)
         try:
             return cls(**options)
         except TypeError as err:

@@ -1,6 +1,8 @@
 """A real search on scikit-learn's digits, run as a subprocess by the resume tests.
 
-usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY]
+usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY] [search|create|join]
+
+``create`` makes the study once (``autoprune.create_study``); ``join`` runs as one of several workers on it.
 """
 
 import sys
@@ -17,6 +19,7 @@ def main() -> None:
     url, n = sys.argv[1], int(sys.argv[2])
     pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     strategy = sys.argv[4] if len(sys.argv) > 4 else "tpe"
+    mode = sys.argv[5] if len(sys.argv) > 5 else "search"
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)).eval()
@@ -38,10 +41,8 @@ def main() -> None:
 
     space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
     options = {"initial_reduction": 0.1} if netadapt else {}
-    ap.search(
-        space,
-        slow,
-        ap.Budget(macs=0.6),
+    config = ap.SearchConfig(
+        budget=ap.Budget(macs=0.6),
         strategy=strategy,
         n_trials=n,
         storage=url,
@@ -49,6 +50,10 @@ def main() -> None:
         seed=0,
         strategy_options=options,
     )
+    if mode == "create":
+        ap.create_study(space, config=config)
+    else:
+        ap.search(space, slow, config=config, join=mode == "join")
 
 
 if __name__ == "__main__":
