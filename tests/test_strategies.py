@@ -99,7 +99,16 @@ def test_a_killed_search_resumes_with_nothing_lost(tmp_path, space, strategy):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_two_workers_on_a_journal_file_evaluate_no_plan_twice(tmp_path, space, strategy):
     url = f"journal:{tmp_path / 'w.journal'}"
-    run_search(url, N_TRIALS, strategy=strategy, mode="create")
+    config = ap.SearchConfig(  # what the script's workers search: they check it against the study's
+        budget=BUDGET,
+        strategy=strategy,
+        strategy_options=OPTIONS.get(strategy, {}),
+        n_trials=N_TRIALS,
+        storage=url,
+        study_name="digits",
+        seed=0,
+    )
+    ap.create_study(space, config=config)
     workers = [start_search(url, N_TRIALS, strategy=strategy, mode="join") for _ in range(2)]
     for w in workers:
         _, err = w.communicate(timeout=600)

@@ -208,8 +208,9 @@ class AccuracyEvaluator(Evaluator):
     Data (`data`, `train_data`) may be a `(inputs..., targets)` tuple of tensors,
     a map-style Dataset of `(inputs..., target)` samples, or a DataLoader.
     Scoring data should be a held-out split of the *training* set, never the
-    test set: a search that scores on test reports a selected, optimistic number. For tensors and Datasets, the recalibration,
-    fine-tune and scoring batches are index lists drawn once here from `seed`;
+    test set: a search that scores on test reports a selected, optimistic
+    number. For tensors and Datasets, the recalibration, fine-tune and scoring
+    batches are index lists drawn once here from `seed`;
     tensors and TensorDatasets (also inside Subsets) are indexed directly, with
     no DataLoader. A DataLoader is used as given, iterated under a torch RNG
     seeded with `seed`, so a shuffling loader yields the same samples on every

@@ -283,7 +283,9 @@ class NetAdapt(Strategy):
     def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> nn.Module:
         """The proposal's network: the current network's highest-``criterion`` channels at ``plan`` (its own kept
         channels only), with the current network's weights."""
-        st = self._state if self._state is not None else self.replay(ctx)
+        st = self._state  # replayed by next_action just before, unless another worker moved to the next iteration
+        if st is None or st.iteration != trial.user_attrs.get(TAG, {}).get("iteration"):
+            st = self.replay(ctx)
         base = self._current(ctx, st)
         scores = base.scores(self.criterion)
         if st.keep is not None:
