@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .search import Budget, SearchConfig
+from .search.strategies import DEFAULT
 from .utils import did_you_mean, import_object, lookup, unknown_name
 
 
@@ -77,7 +78,7 @@ class StrategySpec(_Strict):
     """A registered strategy's name, or ``module:Class`` for one of your own (importable from where the command runs
     or from the study file's folder), and its constructor's options."""
 
-    name: str = "tpe"
+    name: str = DEFAULT
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -444,10 +444,18 @@ class PruningSpace:
             g = self._by_name.get(name)
             if g is None:
                 raise KeyError(f"keep names unknown group {name!r}.{did_you_mean(name, self._by_name)}")
-            idx = torch.as_tensor(idx, dtype=torch.long)
-            if idx.dim() != 1 or not 0 < idx.numel() <= g.channels or (idx.numel() and int(idx.max()) >= g.channels):
-                raise ValueError(f"group {name!r} keeps {idx.tolist()[:8]}...: give 1 to {g.channels} channel indices")
-            out[g.atom] = torch.sort(idx).values
+            idx = torch.sort(torch.as_tensor(idx, dtype=torch.long).flatten()).values
+            if (
+                not 0 < idx.numel() <= g.channels
+                or idx[0] < 0
+                or idx[-1] >= g.channels
+                or idx.unique().numel() < len(idx)
+            ):
+                raise ValueError(
+                    f"group {name!r} keeps {idx.tolist()[:8]}...: give 1 to {g.channels} distinct channel indices "
+                    f"in [0, {g.channels})"
+                )
+            out[g.atom] = idx
         return out
 
     def parameter_indices(self, keep: Mapping[str, Any]) -> dict[str, dict[int, torch.Tensor]]:

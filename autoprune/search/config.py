@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..utils import did_you_mean
 from .budget import Budget
+from .strategies import DEFAULT
 
 if TYPE_CHECKING:
     from .strategy import Strategy
@@ -34,7 +35,7 @@ class SearchConfig:
     """
 
     budget: Budget | None = None
-    strategy: "str | Strategy" = "tpe"
+    strategy: "str | Strategy" = DEFAULT
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     study_name: str = "autoprune"
     storage: Any = None
