@@ -27,7 +27,7 @@ from rich.table import Table
 
 from .search import attrs
 from .search.ledger import counted, default_storage, load_existing, redact, uncounted
-from .studyfile import StudyFile, StudyFileError, build_model, load_study_file, parse_study
+from .studyfile import StudyFile, StudyFileError, build_model, importable_from, load_study_file, parse_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automatic structured pruning on Optuna studies.")
 console = Console()
@@ -95,6 +95,7 @@ def _from_args(study_file: Optional[Path], study: Optional[str], storage: Option
     raw = s.user_attrs.get(attrs.STUDY_FILE)
     if raw is None:
         raise typer.BadParameter(f"study {study!r} was not created from a study file; pass the study file instead")
+    importable_from(raw["base_dir"])
     return parse_study(raw["config"]), Path(raw["base_dir"]), storage
 
 

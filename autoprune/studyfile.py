@@ -157,9 +157,7 @@ def load_study_file(path: str | Path) -> tuple[StudyFile, Path]:
     path = Path(path)
     if not path.exists():
         raise StudyFileError(f"study file {path} does not exist")
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
+    importable_from(path.resolve().parent)
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)
@@ -168,6 +166,14 @@ def load_study_file(path: str | Path) -> tuple[StudyFile, Path]:
     if not isinstance(raw, dict):
         raise StudyFileError(f"{path}: a study file is a YAML mapping (key: value), got {type(raw).__name__}")
     return parse_study(raw, path, text), path
+
+
+def importable_from(folder: str | Path) -> None:
+    """Let import paths in a study file (``module:function``) name modules in ``folder``, the study file's own
+    (appended to ``sys.path``, so a module there never shadows an installed one)."""
+    folder = str(folder)
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def parse_study(raw: dict, path: Path | str = "<study>", text: str | None = None) -> StudyFile:

@@ -91,7 +91,7 @@ SEARCH_SCRIPT = __import__("pathlib").Path(__file__).parent / "scripts" / "searc
 
 
 def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search") -> None:
-    """Run tests/scripts/search_digits.py to completion in a subprocess (``mode``: search, create or join)."""
+    """Run tests/scripts/search_digits.py to completion in a subprocess (``mode``: search or join)."""
     proc = start_search(url, n_trials, pause, strategy, mode)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]

@@ -38,7 +38,10 @@ def _study(url: str) -> optuna.Study:
 
 
 def _finished(space: ap.PruningSpace, study: optuna.Study, strategy: str) -> bool:
-    """The strategy has nothing more to propose (it may stop short of n_trials: uniform, NetAdapt at the budget)."""
+    """The strategy has nothing more to propose (it may stop short of n_trials: uniform, NetAdapt at the budget).
+
+    Asks it as the runner would, so a strategy that enqueues may enqueue its next batch: call it last.
+    """
     strat = get_strategy(strategy, **OPTIONS.get(strategy, {}))
     ctx = SearchContext(space, Projector(space, BUDGET), study, 0, 0.95)
     return strat.next_action(ctx) is Action.STOP

@@ -71,8 +71,8 @@ class ChannelGroup:
     macs_per_channel: int = 0
     params_per_channel: int = 0
     atom: int = field(default=-1, repr=False)  # the group's axis in the analysis (engine-internal)
-    _locate: Callable[["ChannelGroup"], list[ChannelSite]] | None = field(default=None, repr=False)
-    _sites: list[ChannelSite] | None = field(default=None, repr=False)
+    _locate: Callable[["ChannelGroup"], list[ChannelSite]] | None = field(default=None, repr=False, compare=False)
+    _sites: list[ChannelSite] | None = field(default=None, repr=False, compare=False)
 
     @property
     def producers(self) -> list[Member]:

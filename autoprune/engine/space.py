@@ -420,7 +420,8 @@ class PruningSpace:
         precomputed ``{group name: scores}`` mapping). Data-driven criteria take
         ``calibration``: an iterable of batches (``inputs`` or ``(inputs, targets)``).
         """
-        return self.build(self.keep_indices(plan, criterion, calibration=calibration))
+        keep = self.keep_indices(plan, criterion, calibration=calibration)
+        return self._build({self._by_name[name].atom: idx for name, idx in keep.items()})  # valid by construction
 
     def keep_indices(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> dict[str, torch.Tensor]:
         """For each group ``plan`` prunes: the sorted indices of the channels it keeps, by group name.

@@ -73,7 +73,12 @@ class SearchConfig:
 
     @property
     def criterion_name(self) -> str:
-        return self.criterion if isinstance(self.criterion, str) else type(self.criterion).__name__
+        return criterion_name(self.criterion)
+
+
+def criterion_name(criterion: Any) -> str:
+    """How a criterion is recorded: its registered name, or a criterion object's class name."""
+    return criterion if isinstance(criterion, str) else type(criterion).__name__
 
 
 def resolve(config: SearchConfig | None, budget: Budget | None, settings: Mapping[str, Any]) -> SearchConfig:

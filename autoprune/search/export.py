@@ -19,6 +19,7 @@ from ..engine import PruningSpace
 from ..engine.space import shrink, update_widths
 from ..utils import fingerprint
 from ..version import __version__
+from .config import criterion_name
 
 STRUCTURE = "structure.json"
 WEIGHTS = "weights.pt"
@@ -84,7 +85,7 @@ def export(
         "base_fingerprint": _architecture(space.model),
         "base_class": f"{type(space.model).__module__}.{type(space.model).__qualname__}",
         "example_input_shapes": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
-        "criterion": criterion if isinstance(criterion, str) else type(criterion).__name__,
+        "criterion": criterion_name(criterion),
         "plan": dict(plan),
         "kept_channels": space.kept_channels(plan),
         "budget": budget.to_dict() if hasattr(budget, "to_dict") else budget,

@@ -24,7 +24,7 @@ from . import (
     strategies,  # noqa: F401 - registers the built-in strategies
 )
 from .budget import Budget, Projector
-from .config import SearchConfig, resolve
+from .config import SearchConfig, criterion_name, resolve
 from .ledger import (
     HOST,
     Liveness,
@@ -316,7 +316,7 @@ def _run_trial(
     plan = projector.project(raw, fill=not multi_objective) if strat.projects else raw
     criterion = ctx.criterion
     trial.set_user_attr(attrs.STRATEGY, strat.name)
-    trial.set_user_attr(attrs.CRITERION, criterion if isinstance(criterion, str) else type(criterion).__name__)
+    trial.set_user_attr(attrs.CRITERION, criterion_name(criterion))
     if plan is None:
         trial.set_user_attr(attrs.ERROR, "no scaling of this plan meets the budget")
         return TrialState.PRUNED, None
@@ -463,8 +463,8 @@ def trial_network(
         None,
         study,
         0,
-        recorded.get("max_sparsity", 0.95),
+        recorded["max_sparsity"],
         len(study.directions) > 1,
-        criterion=criterion or trial.user_attrs.get(attrs.CRITERION, recorded.get("criterion", "l1")),
+        criterion=criterion or trial.user_attrs[attrs.CRITERION],
     )
     return strategy.network(ctx, trial)

@@ -1,8 +1,8 @@
 """A real search on scikit-learn's digits, run as a subprocess by the resume tests.
 
-usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY] [search|create|join]
+usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY] [search|join]
 
-``create`` makes the study once (``autoprune.create_study``); ``join`` runs as one of several workers on it.
+``join`` runs as one of several workers on a study made by ``autoprune.create_study``.
 """
 
 import sys
@@ -50,10 +50,7 @@ def main() -> None:
         seed=0,
         strategy_options=options,
     )
-    if mode == "create":
-        ap.create_study(space, config=config)
-    else:
-        ap.search(space, slow, config=config, join=mode == "join")
+    ap.search(space, slow, config=config, join=mode == "join")
 
 
 if __name__ == "__main__":
