@@ -1,6 +1,6 @@
 """autoprune: find how far each layer of a trained network can be pruned, then prune it for real."""
 
-from . import zoo
+from . import agents, zoo  # agents registers the AMC environment and strategy
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params
 from .search import (
     STRATEGIES,
@@ -36,5 +36,6 @@ __all__ = [
     "STRATEGIES",
     "Strategy",
     "zoo",
+    "agents",
     "__version__",
 ]

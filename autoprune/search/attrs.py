@@ -37,6 +37,9 @@ DISCARDED = "discarded"
 BATCH = "batch"
 #: The tag of a seed plan a strategy enqueued once per study (e.g. "uniform").
 SEED_PLAN = "seed_plan"
+#: The phase of its strategy a trial belongs to, when the strategy has phases (AMC: "warm-up", then "learning");
+#: ``autoprune show --plots`` marks them on the score-per-trial plot.
+PHASE = "phase"
 
 # -- the study's user attributes ------------------------------------------------------------
 #: The search's configuration, recorded once and checked by every run and worker.

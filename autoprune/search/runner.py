@@ -236,6 +236,7 @@ def _open(
         config.multi_objective,
         base_seed=config.seed,
         criterion=config.criterion,
+        n_trials=config.n_trials,
     )
     study.sampler = _RecordedProposals(strat.sampler(ctx), ctx.distributions())
     return study, strat, ctx

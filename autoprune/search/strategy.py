@@ -39,6 +39,7 @@ class SearchContext:
     ``seed`` differs per run and worker (so a resumed sampler does not replay itself);
     ``base_seed`` is the user's seed, for strategies that replay their state.
     ``projector`` is None when the study is only read (export, ``autoprune show``).
+    ``n_trials`` is the study-wide trial budget of the run (None when the study is only read).
     """
 
     space: "PruningSpace"
@@ -49,6 +50,7 @@ class SearchContext:
     multi_objective: bool = False
     base_seed: int = 0
     criterion: Any = "l1"
+    n_trials: int | None = None
 
     @property
     def names(self) -> list[str]:

@@ -52,7 +52,8 @@ from torch import nn
 
 from ...engine import PruningSpace
 from .. import attrs
-from ..ledger import latency_measurement, storage_file, uncounted
+from ..artifacts import artifact_store
+from ..ledger import latency_measurement, uncounted
 from ..queue import enqueue_batch
 from ..strategy import Action, SearchContext, Strategy, TrialNetwork
 
@@ -337,17 +338,3 @@ def _only(kept: list[int], channels: int) -> torch.Tensor:
     s = torch.full((channels,), float("-inf"), dtype=torch.float64)
     s[torch.tensor(kept, dtype=torch.long)] = 0.0
     return s
-
-
-def artifact_store(study: optuna.Study, directory: str | None = None):  # noqa: ANN201
-    """Where NetAdapt keeps weights: next to a SQLite or journal file, else ./autoprune-artifacts (or ``directory``).
-
-    With workers on several machines, ``directory`` must be a folder they all share.
-    """
-    from optuna.artifacts import FileSystemArtifactStore
-
-    if directory is None:
-        path = storage_file(study._storage)
-        directory = str(path.with_suffix(".artifacts")) if path else str(Path.cwd() / "autoprune-artifacts")
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(directory)
