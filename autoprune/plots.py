@@ -1,4 +1,5 @@
-"""PNG plots of a study: score against MACs (Pareto front marked) and the best plan's kept channels."""
+"""PNG plots of a study: score against MACs (Pareto front marked), the best plan's kept channels, and the score of
+every trial in the order they ran (a strategy's phases marked: AMC's warm-up, for instance: its learning curve)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .search.attrs import MACS, PLAN
+from .search.attrs import MACS, PHASE, PLAN
 
 
 def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
@@ -50,7 +51,34 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     kept = out / "kept_channels.png"
     fig.savefig(kept, dpi=120)
     plt.close(fig)
-    return [pareto, kept]
+    return [pareto, kept, _progress(study, done, out, plt)]
+
+
+def _progress(study: optuna.Study, done: list, out: Path, plt) -> Path:  # noqa: ANN001
+    """Score per trial in trial order, coloured by the strategy's phase when it records one, with the best so far."""
+    order = sorted(done, key=lambda t: t.number)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    phases = list(dict.fromkeys(t.user_attrs.get(PHASE) for t in order))
+    for phase in phases:
+        mine = [t for t in order if t.user_attrs.get(PHASE) == phase]
+        ax.scatter([t.number for t in mine], [t.values[0] for t in mine], s=10, alpha=0.6, label=phase or "trials")
+    for phase in phases[1:]:
+        start = next(t.number for t in order if t.user_attrs.get(PHASE) == phase)
+        ax.axvline(start - 0.5, color="gray", linestyle="--", linewidth=1)
+    best, running = [], float("-inf")
+    for t in order:
+        running = max(running, t.values[0])
+        best.append(running)
+    ax.plot([t.number for t in order], best, "k-", linewidth=1, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("score")
+    ax.set_title(f"{study.study_name}: score per trial")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "progress.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _pareto(trials: list) -> list:
