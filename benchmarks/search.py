@@ -171,7 +171,7 @@ def main() -> None:
     base = test_eval(copy.deepcopy(model))["accuracy"]
     rows = []
     built = {}  # strategy -> a function building its best network on the original weights
-    netadapt_evaluations, netadapt_first_feasible = 0, None
+    netadapt_evaluations, netadapt_first_feasible, netadapt_plan_only = 0, None, None
     netadapt_steps = 0  # NetAdapt's short-term fine-tune steps in all: every other row gets as many at the end
     tmp = Path(tempfile.mkdtemp())
     for name in args.strategies.split(","):
