@@ -388,8 +388,9 @@ def _verdicts(
     for name in ("random", "tpe", "sa", "amc"):
         if name in tests and "uniform" in tests:
             verb = "beats" if pp[name] > 1 else "does *not* beat"
+            gap = (tests[name] - tests["random"]) * 100 if "random" in tests else 0.0
             vs_random = (
-                f" and random by {(tests[name] - tests['random']) * 100:+.1f} points"
+                f" and {'beats' if gap > 0 else 'trails'} random by {abs(gap):.1f} points"
                 if name != "random" and "random" in tests
                 else ""
             )
