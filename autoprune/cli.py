@@ -454,7 +454,9 @@ def show(
     study: Optional[str] = typer.Option(None, "--study", help="Study name."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL."),
     top: int = typer.Option(10, "--top", help="How many trials to list."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write pareto.png, kept_channels.png and progress.png (score per trial) here."),
+    plots: Optional[Path] = typer.Option(
+        None, "--plots", help="Write pareto.png, kept_channels.png and progress.png (score per trial) here."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the top trials as JSON."),
 ) -> None:
     """List the best trials; optionally plot the Pareto front and the kept channels per layer."""
