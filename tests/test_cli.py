@@ -67,7 +67,8 @@ def test_search_show_export_round_trip(tmp_path):
     assert shown.returncode == 0, shown.stderr
     rows = json.loads(shown.stdout[: shown.stdout.rindex("]") + 1])
     assert len(rows) == 4 and rows[0]["score"] >= rows[-1]["score"]
-    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+    for png in ("pareto.png", "kept_channels.png", "progress.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
 
     out = tmp_path / "trial1"
     exp = _cli("export", str(study), "--out", str(out), "--trial", "1", cwd=tmp_path)
