@@ -30,6 +30,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
@@ -37,6 +38,7 @@ from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when
 import autoprune as ap
 from autoprune.data import fashion_mnist_splits
 from autoprune.evaluators import AccuracyEvaluator
+from autoprune.search import attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,11 +72,10 @@ def torch_pruning_global(model: torch.nn.Module, x: torch.Tensor, target_macs: i
     return best
 
 
-def _evaluators(finetune: int = 0):  # noqa: ANN202
-    data = fashion_mnist_splits()
-    search_eval = AccuracyEvaluator(
-        data.val, train_data=data.train, batches=8, bn_recalibration_batches=10, finetune_steps=finetune
-    )
+def _evaluators(data: Any) -> tuple[AccuracyEvaluator, AccuracyEvaluator]:
+    """How every row scores: candidates on 2048 held-out training images, the best plan on the 10k test set
+    (both after adaptive-BN recalibration on 10 x 128 training images)."""
+    search_eval = AccuracyEvaluator(data.val, train_data=data.train, batches=8, bn_recalibration_batches=10)
     test_eval = AccuracyEvaluator(data.test, train_data=data.train, bn_recalibration_batches=10)
     return search_eval, test_eval
 
@@ -84,7 +85,7 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
     and for a strategy with phases (AMC) the best score of each."""
     torch.set_num_threads(threads)
     space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
-    search_eval, test_eval = _evaluators()
+    search_eval, test_eval = _evaluators(fashion_mnist_splits())
     t0 = time.perf_counter()
     study = ap.search(
         space,
@@ -101,7 +102,7 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     phases: dict[str, list[float]] = {}
     for t in sorted(done, key=lambda t: t.number):
-        phases.setdefault(t.user_attrs.get("phase") or "", []).append(t.values[0])
+        phases.setdefault(t.user_attrs.get(attrs.PHASE) or "", []).append(t.values[0])
     return {
         "name": name,
         "budget": budget,
@@ -166,8 +167,7 @@ def main() -> None:
     space = ap.PruningSpace(model, x)
     budget = ap.Budget(macs=args.budget)
     data = fashion_mnist_splits()
-    search_eval = AccuracyEvaluator(data.val, train_data=data.train, batches=8, bn_recalibration_batches=10)
-    test_eval = AccuracyEvaluator(data.test, train_data=data.train, bn_recalibration_batches=10)
+    search_eval, test_eval = _evaluators(data)
     base = test_eval(copy.deepcopy(model))["accuracy"]
     rows = []
     built = {}  # strategy -> a function building its best network on the original weights

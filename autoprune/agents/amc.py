@@ -48,7 +48,8 @@ from ..search.ledger import counted
 from ..search.queue import enqueue_batch
 from ..search.strategy import Action, SearchContext, Strategy
 from .ddpg import DDPGAgent
-from .env import LayerWalk, check_budget, check_options, reward
+from .env import LayerWalk, check_budget, check_options
+from .env import reward as episode_reward
 
 TAG = "amc"  # a trial's episode: {"episode", "actions", "states", "keep", "learned", "warmup"}
 AGENT = "amc_agent"  # the study's saved agents, newest first: [{"position", "artifact"}]
@@ -146,7 +147,8 @@ class AMC(Strategy):
                 break
             if status == "complete":
                 episode = trial.user_attrs[TAG]
-                r = reward(self.reward, trial.values[0], trial.user_attrs[attrs.MACS], trial.user_attrs[attrs.PARAMS])
+                costs = trial.user_attrs[attrs.MACS], trial.user_attrs[attrs.PARAMS]
+                r = episode_reward(self.reward, trial.values[0], *costs)
                 agent.learn(self._position, episode["states"], episode["actions"], r)
                 self._learned.append(self._position)
             self._position += 1
