@@ -64,6 +64,13 @@ def fingerprint(model: torch.nn.Module | Mapping[str, torch.Tensor], *, values: 
     return h.hexdigest()[:n]
 
 
+def seeded_generator(seed: int, *key: Any) -> torch.Generator:
+    """A torch generator seeded by ``seed`` and ``key`` (an episode, a step): randomness that depends only on
+    where it is drawn, so there is no RNG state to checkpoint and a resumed run draws the same numbers."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).hexdigest()
+    return torch.Generator().manual_seed(int(digest[:15], 16))
+
+
 @contextlib.contextmanager
 def num_threads(threads: int | None) -> Iterator[None]:
     """Use ``threads`` intra-op threads inside the block (None: leave as is), then restore."""

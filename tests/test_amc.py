@@ -21,7 +21,8 @@ from torch import nn
 import autoprune as ap
 from autoprune.agents import AMCEnv, DDPGAgent, LayerWalk
 from autoprune.agents.amc import AGENT
-from autoprune.agents.ddpg import _generator, truncated_normal
+from autoprune.agents.ddpg import truncated_normal
+from autoprune.utils import seeded_generator
 from autoprune.engine.latency import LatencyTable
 from autoprune.search import Projector, SearchContext, get_strategy
 from autoprune.search.artifacts import artifact_store, load_state
@@ -208,7 +209,7 @@ def test_the_baseline_is_a_moving_average_of_batch_rewards():
     agent.learn(0, [[0, 0], [1, 1]], [0.5], 1.0)
     assert agent.baseline == pytest.approx(1.0)
     agent.learn(1, [[0, 0], [1, 1]], [0.5], 0.0)  # memory now holds rewards 1 and 0; the batch samples with replacement
-    drawn = agent.memory.rewards[torch.randint(2, (10,), generator=_generator(0, "learn", 1))]  # the same draw
+    drawn = agent.memory.rewards[torch.randint(2, (10,), generator=seeded_generator(0, "learn", 1))]  # the same draw
     assert agent.baseline == pytest.approx(1.0 + 0.5 * (float(drawn.mean()) - 1.0))
 
 

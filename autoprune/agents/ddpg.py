@@ -30,16 +30,12 @@ memory and baseline (:meth:`DDPGAgent.state_dict`).
 from __future__ import annotations
 
 import copy
-import hashlib
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def _generator(seed: int, *key: Any) -> torch.Generator:
-    digest = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).hexdigest()
-    return torch.Generator().manual_seed(int(digest[:15], 16))
+from ..utils import seeded_generator
 
 
 def truncated_normal(
@@ -192,7 +188,7 @@ class DDPGAgent:
     def act(self, state: Any, episode: int, step: int) -> float:
         """The agent's action (a keep ratio in [0, 1]) in ``state`` at ``step`` of ``episode``: uniform during the
         warm-up, then the actor's output with truncated-normal exploration noise."""
-        g = _generator(self.seed, "act", episode, step)
+        g = seeded_generator(self.seed, "act", episode, step)
         if episode < self.warmup:
             return float(torch.rand((), generator=g, dtype=torch.float64))
         with torch.no_grad():
@@ -211,7 +207,7 @@ class DDPGAgent:
         Returns each update's losses."""
         if len(states) != len(actions) + 1:
             raise ValueError(f"an episode of {len(actions)} actions needs {len(actions) + 1} observations")
-        g = _generator(self.seed, "learn", episode)
+        g = seeded_generator(self.seed, "learn", episode)
         losses = []
         for t, a in enumerate(actions):
             self.memory.append(states[t], a, final_reward, states[t + 1], t == len(actions) - 1)

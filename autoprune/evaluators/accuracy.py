@@ -283,6 +283,7 @@ class AccuracyEvaluator(Evaluator):
         self.seed = seed
 
         generator = torch.Generator().manual_seed(seed)
+        self.train_data = train_data  # what a strategy that trains (MetaPruning) trains on, as given
         self._data = _as_source(data, "data")
         self._train = _as_source(train_data, "train_data") if train_data is not None else None
         self._scoring_plan: list[Any] = []

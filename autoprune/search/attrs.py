@@ -33,6 +33,12 @@ STALE = "stale"
 RETRY_OF = "retry_of"
 #: Why a trial was closed without being evaluated (a duplicate proposal, an empty ask); not counted.
 DISCARDED = "discarded"
+#: A trial that carried a strategy's own work, not a candidate (MetaPruning's PruningNet training): its name. One
+#: worker runs it under the trial's heartbeat (a dead worker's task is retried); it is closed PRUNED, never counted.
+TASK = "task"
+#: The round of its strategy a candidate belongs to (MetaPruning's generation): ``autoprune show --plots`` draws the
+#: best and mean score per round.
+ROUND = "round"
 #: A proposal enqueued as part of a batch: {"key", "token"} (see :mod:`autoprune.search.queue`).
 BATCH = "batch"
 #: The tag of a seed plan a strategy enqueued once per study (e.g. "uniform").
@@ -47,5 +53,8 @@ CONFIG = "autoprune"
 LATENCY_TABLE = "latency_table"
 #: The study file a study was created from (so export and show need only the study).
 STUDY_FILE = "study_file"
+#: Curves a strategy records for ``autoprune show --plots`` (MetaPruning's training loss):
+#: ``{title: {"x": [...], "y": [...], "xlabel": ..., "ylabel": ...}}``.
+CURVES = "curves"
 #: Trials exported from the study, with the artifact ids of their files.
 EXPORTED = "exported_trials"

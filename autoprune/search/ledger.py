@@ -32,7 +32,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
-from .attrs import DISCARDED, ERROR, MEASURED_MS, MEASURED_RATIO, PROPOSAL, RETRY_OF, STALE, WORKER
+from .attrs import DISCARDED, ERROR, MEASURED_MS, MEASURED_RATIO, PROPOSAL, RETRY_OF, STALE, TASK, WORKER
 
 # A worker frozen inside a transaction (SIGSTOP, a hung host) holds its row locks: Optuna locks the study row to
 # number a new trial, and a heartbeat's upsert share-locks its trial, which blocks failing it. On PostgreSQL the
@@ -165,8 +165,14 @@ def is_sqlite(storage: BaseStorage) -> bool:
 
 
 def uncounted(t: optuna.trial.FrozenTrial) -> bool:
-    """Bookkeeping trials: failed because their worker died (and retried), or discarded before evaluation."""
-    return bool(t.user_attrs.get(STALE) or t.user_attrs.get(DISCARDED))
+    """Bookkeeping trials: failed because their worker died (and retried), discarded before evaluation, or a
+    strategy's task (not a candidate)."""
+    return bool(t.user_attrs.get(STALE) or t.user_attrs.get(DISCARDED) or TASK in t.user_attrs)
+
+
+def is_task(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial that carries a strategy's own work, not a candidate (see :data:`~autoprune.search.attrs.TASK`)."""
+    return TASK in t.user_attrs
 
 
 def counted(trials: Iterable[optuna.trial.FrozenTrial]) -> int:

@@ -52,6 +52,13 @@ def enqueue_once(ctx: SearchContext, plan: dict[str, float], tag: str) -> None:
     enqueue_batch(ctx, f"seed:{tag}", [(plan, {attrs.SEED_PLAN: tag})])
 
 
+def enqueue_task(ctx: SearchContext, key: str, name: str, extra: dict[str, Any]) -> bool:
+    """Enqueue a task trial named ``name`` (work that is not a candidate, see :meth:`Strategy.run_task`) once per
+    study, as batch ``key``, with the user attributes ``extra``. Returns True if this call's copy is kept."""
+    full = {n: 0.0 for n in ctx.names}
+    return enqueue_batch(ctx, key, [(full, {**extra, attrs.TASK: name})])
+
+
 def is_duplicate(trials: list[optuna.trial.FrozenTrial], trial_id: int) -> bool:
     """True if trial ``trial_id`` belongs to a batch that another worker enqueued first."""
     me = next((t for t in trials if t._trial_id == trial_id), None)

@@ -32,6 +32,7 @@ from .ledger import (
     counted,
     heartbeat,
     is_sqlite,
+    is_task,
     latency_measurement,
     live_worker_elsewhere,
     load_existing,
@@ -42,6 +43,9 @@ from .queue import is_duplicate, is_queued
 from .strategy import STRATEGIES, Action, SearchContext, Strategy, TrialNetwork, get_strategy
 
 log = logging.getLogger("autoprune")
+
+#: What :func:`trial_network` can give a trial's structure: its own weights, the unpruned model's, or fresh ones.
+WEIGHTS = ("trial", "original", "scratch")
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -58,6 +62,8 @@ def search(
     latency_table: LatencyTable | None = None,
     join: bool = False,
     heartbeat_interval: float = 10.0,
+    train_data: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
     **settings: Any,
 ) -> optuna.Study:
     """Search per-group sparsities for ``space`` and record every candidate in an Optuna study.
@@ -69,7 +75,9 @@ def search(
     which override it. The other arguments say how this run goes: ``calibration``
     batches for data-driven criteria, ``callbacks(study, trial)`` after each trial,
     a ``timeout`` in seconds, a prebuilt ``latency_table``, ``join`` a study made by
-    :func:`create_study` as one of several workers, and the ``heartbeat_interval``.
+    :func:`create_study` as one of several workers, the ``heartbeat_interval``, the
+    ``train_data`` a strategy that trains (MetaPruning) uses (default: the evaluator's
+    ``train_data``), and ``progress(what, done, total)``, called as such training goes.
 
     Run it again with the same configuration to resume: completed trials are kept,
     a trial interrupted by a crash is retried with exactly its proposal, and
@@ -103,6 +111,9 @@ def search(
     from ..evaluators import normalize_result
 
     study, strat, ctx = _open(space, config, latency_table, join=join)
+    ctx.evaluator = evaluator
+    ctx.train_data = train_data if train_data is not None else getattr(evaluator, "train_data", None)
+    ctx.progress = progress
     if not join:
         strat.setup(ctx)
     orphans = []  # SQLite has one process per study (a live second one was refused): what is RUNNING, a crash left
@@ -127,7 +138,8 @@ def search(
         action = strat.next_action(ctx)
         if action is Action.STOP:
             break
-        if action is Action.ASK and done + running >= n_trials:
+        candidates = sum(t.state == TrialState.RUNNING and not is_task(t) for t in trials)
+        if action is Action.ASK and done + candidates >= n_trials:
             # Other workers' trials fill the budget: stay, so that if one of them dies its plan is retried here.
             action = Action.WAIT
         if action is Action.WAIT:
@@ -138,9 +150,10 @@ def search(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trial = study.ask(fixed_distributions=dists)
+        task = attrs.TASK in trial.user_attrs
         with heartbeat(study, trial, heartbeat_interval):
             trials = study.get_trials(deepcopy=False)
-            if _surplus(trials, trial, n_trials):  # several workers asked for the last trials at once
+            if not task and _surplus(trials, trial, n_trials):  # several workers asked for the last trials at once
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 continue
             reason = _discard(trials, trial._trial_id, strat)
@@ -148,8 +161,13 @@ def search(
                 trial.set_user_attr(attrs.DISCARDED, reason)
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
-            state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, calibration)
+            if task:
+                state, values = _run_task(trial, ctx, strat), None
+            else:
+                state, values = _run_trial(trial, ctx, evaluator, normalize_result, strat, calibration)
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
+        if task:
+            continue
         for cb in callbacks:
             cb(study, frozen)
     return study
@@ -300,7 +318,7 @@ def _surplus(trials: list[optuna.trial.FrozenTrial], trial: optuna.Trial, n_tria
 
     Trial ids are assigned atomically by the storage, so every worker sees the same order.
     """
-    ahead = sum(t.state == TrialState.RUNNING and t._trial_id < trial._trial_id for t in trials)
+    ahead = sum(t.state == TrialState.RUNNING and t._trial_id < trial._trial_id and not is_task(t) for t in trials)
     return counted(trials) + ahead >= n_trials
 
 
@@ -355,6 +373,21 @@ def _run_trial(
         if isinstance(v, (int, float, str, bool)) and k != "score":
             trial.set_user_attr(k, v)
     return TrialState.COMPLETE, ([score, float(costs["macs"])] if multi_objective else [score])
+
+
+def _run_task(trial: optuna.Trial, ctx: SearchContext, strat: Strategy) -> TrialState:
+    """Run a strategy's task trial: PRUNED when done (never counted), FAIL with the error recorded."""
+    trial.set_user_attr(attrs.STRATEGY, strat.name)
+    t0 = time.perf_counter()
+    try:
+        strat.run_task(ctx, trial)
+    except Exception as err:  # noqa: BLE001 - recorded; the strategy decides what a failed task means
+        trial.set_user_attr(attrs.ERROR, "".join(traceback.format_exception(err))[-4000:])
+        log.warning("task %d (%s) failed: %s: %s", trial.number, trial.user_attrs[attrs.TASK], type(err).__name__, err)
+        return TrialState.FAIL
+    finally:
+        trial.set_user_attr(attrs.EVAL_SECONDS, time.perf_counter() - t0)
+    return TrialState.PRUNED
 
 
 def _latency_samples(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[float, dict[str, float]]]:
@@ -442,6 +475,7 @@ def trial_network(
     *,
     strategy: Strategy | None = None,
     criterion: Any = None,
+    weights: str = "trial",
 ) -> TrialNetwork:
     """The network ``trial`` of ``study`` evaluated, from the strategy that proposed it (see
     :meth:`Strategy.network`): ``trial_network(...).build()`` rebuilds it, and
@@ -449,7 +483,12 @@ def trial_network(
 
     ``space`` is the search's space (the unpruned model). The study records the strategy's name and options and
     the criterion's name; pass ``strategy`` / ``criterion`` when the search ran with objects instead.
+    ``weights``: ``"trial"`` (the weights the trial scored, e.g. NetAdapt's fine-tuned or MetaPruning's generated
+    ones), ``"original"`` (the trial's structure with the unpruned model's weights, chosen by the criterion) or
+    ``"scratch"`` (the structure with freshly initialised weights, to train from scratch).
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(map(repr, WEIGHTS))}, got {weights!r}")
     if trial.state != TrialState.COMPLETE or attrs.PLAN not in trial.user_attrs:
         raise ValueError(f"trial {trial.number} of study {study.study_name!r} did not complete")
     recorded = study.user_attrs.get(attrs.CONFIG)
@@ -468,4 +507,6 @@ def trial_network(
         len(study.directions) > 1,
         criterion=criterion or trial.user_attrs[attrs.CRITERION],
     )
-    return strategy.network(ctx, trial)
+    if weights == "trial":
+        return strategy.network(ctx, trial)
+    return TrialNetwork(space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion, from_scratch=weights == "scratch")

@@ -14,11 +14,15 @@ trial it asks :meth:`Strategy.next_action`; for each proposal it calls
 from __future__ import annotations
 
 import abc
+import copy
 import enum
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
+import torch
 from optuna.distributions import FloatDistribution
 from torch import nn
 
@@ -51,6 +55,11 @@ class SearchContext:
     base_seed: int = 0
     criterion: Any = "l1"
     n_trials: int | None = None
+    #: The run's evaluator, training samples (``search(train_data=...)``, else the evaluator's ``train_data``) and
+    #: a ``progress(what, done, total)`` callback for a strategy's long work; None when the study is only read.
+    evaluator: Any = None
+    train_data: Any = None
+    progress: Callable[[str, int, int], None] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -82,9 +91,37 @@ class TrialNetwork:
     space: "PruningSpace"
     plan: dict[str, float]
     criterion: Any
+    #: Re-initialise every layer's parameters after building: the structure alone, to train from scratch.
+    from_scratch: bool = False
 
     def build(self, calibration: Any = None) -> nn.Module:
-        return self.space.apply(self.plan, self.criterion, calibration=calibration)
+        model = self.space.apply(self.plan, self.criterion, calibration=calibration)
+        if self.from_scratch:
+            for m in model.modules():
+                reset = getattr(m, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        return model
+
+
+def exactly(kept: Sequence[int], channels: int) -> torch.Tensor:
+    """Scores under which exactly the channels ``kept`` rank first (0 for them, -inf for the others): a
+    :class:`TrialNetwork` criterion that keeps a trial's own channels."""
+    s = torch.full((channels,), float("-inf"), dtype=torch.float64)
+    s[torch.as_tensor(list(kept), dtype=torch.long)] = 0.0
+    return s
+
+
+def space_over(space: "PruningSpace", state: Mapping[str, torch.Tensor]) -> "PruningSpace":
+    """A space on ``space``'s architecture over other weights of it (a full-size ``state_dict``): what a strategy
+    that carries weights from trial to trial builds its networks from."""
+    from ..engine import PruningSpace
+
+    model = copy.deepcopy(space.model)
+    model.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PruningSpace(model, space.example_inputs, round_to=space.round_to, verify=False)
 
 
 class Strategy(abc.ABC):
@@ -167,6 +204,18 @@ class Strategy(abc.ABC):
             trial: the running trial.
             model: the model the evaluator was given.
         """
+
+    def run_task(self, ctx: SearchContext, trial: optuna.Trial) -> None:
+        """Do the work of a task trial this strategy enqueued (:func:`autoprune.search.queue.enqueue_task`): work
+        that is not a candidate, such as training a weight generator, run by whichever worker asks for it, under
+        the trial's heartbeat, so that a dead worker's task is retried by another. The trial is closed PRUNED and
+        never counted; an exception fails it (the strategy decides what a failed task means).
+
+        Args:
+            ctx: the search's context.
+            trial: the running task trial.
+        """
+        raise NotImplementedError(f"strategy {self.name!r} enqueued a task but does not implement run_task")
 
     def network(self, ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialNetwork:
         """The network ``trial`` evaluated, for export, fine-tuning and ``autoprune show``.

@@ -38,7 +38,6 @@ the original weights.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from .. import attrs
 from ..artifacts import artifact_store
 from ..ledger import latency_measurement, uncounted
 from ..queue import enqueue_batch
-from ..strategy import Action, SearchContext, Strategy, TrialNetwork
+from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly, space_over
 
 TAG = "netadapt"  # a proposal's {"iteration", "group", "of"}
 KEEP = "netadapt_keep"  # the channels a proposal's network keeps, per group (indices into the original widths)
@@ -260,19 +259,14 @@ class NetAdapt(Strategy):
     def _space_over(self, ctx: SearchContext, weights: str | None) -> PruningSpace:
         """A space on the original architecture over the weights saved as artifact ``weights`` (None: the
         original weights)."""
-        model = ctx.space.model
-        if weights is not None:
-            from optuna.artifacts import download_artifact
+        if weights is None:
+            return space_over(ctx.space, ctx.space.model.state_dict())
+        from optuna.artifacts import download_artifact
 
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "weights.pt"
-                download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=weights)
-                state = torch.load(path, weights_only=True)
-            model = copy.deepcopy(model)
-            model.load_state_dict(state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return PruningSpace(model, ctx.space.example_inputs, round_to=ctx.space.round_to, verify=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.pt"
+            download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=weights)
+            return space_over(ctx.space, torch.load(path, weights_only=True))
 
     def _current(self, ctx: SearchContext, st: _State) -> PruningSpace:
         """The current network as a space on the original architecture (cached per iteration)."""
@@ -290,7 +284,7 @@ class NetAdapt(Strategy):
         base = self._current(ctx, st)
         scores = base.scores(self.criterion)
         if st.keep is not None:
-            scores = {name: s + _only(st.keep[name], s.numel()) for name, s in scores.items()}
+            scores = {name: s + exactly(st.keep[name], s.numel()) for name, s in scores.items()}
         keep = base.keep_indices(plan, scores)
         trial.set_user_attr(
             KEEP, {g.name: keep[g.name].tolist() if g.name in keep else list(range(g.channels)) for g in base.groups}
@@ -329,12 +323,5 @@ class NetAdapt(Strategy):
             raise ValueError(f"NetAdapt trial {trial.number} has no saved weights (its evaluation did not finish)")
         net = self._space_over(ctx, trial.user_attrs[WEIGHTS])
         kept = trial.user_attrs[KEEP]
-        scores = {g.name: _only(kept[g.name], g.channels) for g in net.groups}
+        scores = {g.name: exactly(kept[g.name], g.channels) for g in net.groups}
         return TrialNetwork(net, dict(trial.user_attrs[attrs.PLAN]), scores)
-
-
-def _only(kept: list[int], channels: int) -> torch.Tensor:
-    """Scores under which exactly the channels ``kept`` rank first (0 for them, -inf for the others)."""
-    s = torch.full((channels,), float("-inf"), dtype=torch.float64)
-    s[torch.tensor(kept, dtype=torch.long)] = 0.0
-    return s
