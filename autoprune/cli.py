@@ -229,7 +229,7 @@ def search(
     )
     logging.getLogger("autoprune").setLevel(logging.ERROR)
     with Progress(
-        TextColumn("[bold]search"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("best {task.fields[best]}"),
@@ -246,6 +246,14 @@ def search(
                 )
             progress.update(task, completed=min(_done(s), total), best=_best_text(s))
 
+        work: dict[str, Any] = {}
+
+        def on_work(what: str, done: int, steps: int) -> None:
+            """A strategy's own long work (MetaPruning's PruningNet training) gets a bar of its own."""
+            if what not in work:
+                work[what] = progress.add_task(what, total=steps, best="-")
+            progress.update(work[what], completed=done, description=what)
+
         try:
             if workers == 1:
                 study = ap.search(
@@ -254,6 +262,7 @@ def search(
                     config=config.search_config(setup.storage, total),
                     callbacks=[on_trial],
                     heartbeat_interval=heartbeat,
+                    progress=on_work,
                 )
             else:
                 _run_workers(study, study_file, setup.storage, total, workers, devices, heartbeat, on_trial)
@@ -364,6 +373,7 @@ def _export_best(
     out: Path,
     trial_number: int | None,
     finetune_steps: int | None = None,
+    weights: str = "trial",
 ) -> Path:
     import autoprune as ap
 
@@ -373,9 +383,9 @@ def _export_best(
         trial = next((t for t in study.trials if t.number == trial_number), None)
         if trial is None or trial.state != TrialState.COMPLETE:
             raise ValueError(f"trial {trial_number} does not exist or did not complete")
-    net = ap.trial_network(study, trial, setup.space)  # the network the trial scored, whatever the strategy
+    net = ap.trial_network(study, trial, setup.space, weights=weights)  # by default the network the trial scored
     steps = setup.config.export.finetune_steps if finetune_steps is None else finetune_steps
-    extra = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
+    extra = {"study": study.study_name, "trial": trial.number, "storage": setup.storage, "weights": weights}
     model = None
     if steps:
         model = net.build()
@@ -436,13 +446,19 @@ def export(
         help="Fine-tune the network this many SGD steps on the training split before writing it "
         "(default: the study file's export.finetune_steps); prints test accuracy before and after.",
     ),
+    weights: str = typer.Option(
+        "trial",
+        "--weights",
+        help="trial: the weights the trial scored (e.g. NetAdapt's fine-tuned, MetaPruning's generated); "
+        "original: the unpruned model's, by the criterion; scratch: freshly initialised (train it with --finetune).",
+    ),
 ) -> None:
     """Export a trial's pruned structure (default: the best) as structure.json + weights.pt."""
     try:
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
         s = _load(config.study_name, url)
-        where = _export_best(setup, s, out, trial, finetune)
+        where = _export_best(setup, s, out, trial, finetune, weights)
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
     console.print(f"exported to [bold]{where}[/]")

@@ -1,5 +1,7 @@
-"""PNG plots of a study: score against MACs (Pareto front marked), the best plan's kept channels, and the score of
-every trial in the order they ran (a strategy's phases marked: AMC's warm-up, for instance: its learning curve)."""
+"""PNG plots of a study: score against MACs (Pareto front marked), the best plan's kept channels, the score of
+every trial in the order they ran (a strategy's phases marked: AMC's warm-up, for instance: its learning curve),
+the best and mean score per round when a strategy has rounds (MetaPruning's generations), and the curves a strategy
+records (MetaPruning's training loss)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .search.attrs import MACS, PHASE, PLAN
+from .search.attrs import CURVES, MACS, PHASE, PLAN, ROUND
 
 
 def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
@@ -51,7 +53,49 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     kept = out / "kept_channels.png"
     fig.savefig(kept, dpi=120)
     plt.close(fig)
-    return [pareto, kept, _progress(study, done, out, plt)]
+    paths = [pareto, kept, _progress(study, done, out, plt)]
+    if any(ROUND in t.user_attrs for t in done):
+        paths.append(_rounds(study, done, out, plt))
+    for title, curve in study.user_attrs.get(CURVES, {}).items():
+        paths.append(_curve(title, curve, out, plt))
+    return paths
+
+
+def _rounds(study: optuna.Study, done: list, out: Path, plt) -> Path:  # noqa: ANN001
+    """Best and mean score of each round, and the best so far."""
+    rounds = sorted({t.user_attrs[ROUND] for t in done if ROUND in t.user_attrs})
+    scores = [[t.values[0] for t in done if t.user_attrs.get(ROUND) == r] for r in rounds]
+    best_so_far, running = [], float("-inf")
+    for s in scores:
+        running = max(running, max(s))
+        best_so_far.append(running)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, [max(s) for s in scores], "o-", label="best of the round")
+    ax.plot(rounds, [sum(s) / len(s) for s in scores], "s--", label="mean of the round")
+    ax.plot(rounds, best_so_far, "k-", linewidth=1, label="best so far")
+    ax.set_xlabel("round (generation)")
+    ax.set_ylabel("score")
+    ax.set_title(f"{study.study_name}: score per round")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "rounds.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _curve(title: str, curve: dict, out: Path, plt) -> Path:  # noqa: ANN001
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve["x"], curve["y"])
+    ax.set_xlabel(curve.get("xlabel", ""))
+    ax.set_ylabel(curve.get("ylabel", ""))
+    ax.set_title(title)
+    fig.tight_layout()
+    slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
+    path = out / f"{slug}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _progress(study: optuna.Study, done: list, out: Path, plt) -> Path:  # noqa: ANN001

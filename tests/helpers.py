@@ -90,21 +90,28 @@ def check_contract(
 SEARCH_SCRIPT = __import__("pathlib").Path(__file__).parent / "scripts" / "search_digits.py"
 
 
-def run_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search") -> None:
+def run_search(
+    url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search", options: Any = None
+) -> None:
     """Run tests/scripts/search_digits.py to completion in a subprocess (``mode``: search or join)."""
-    proc = start_search(url, n_trials, pause, strategy, mode)
+    proc = start_search(url, n_trials, pause, strategy, mode, options)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
 
 
-def start_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search") -> Any:
-    """Start tests/scripts/search_digits.py in a subprocess; returns the ``subprocess.Popen`` (stderr piped)."""
+def start_search(
+    url: str, n_trials: int, pause: float = 0.0, strategy: str = "tpe", mode: str = "search", options: Any = None
+) -> Any:
+    """Start tests/scripts/search_digits.py in a subprocess; returns the ``subprocess.Popen`` (stderr piped).
+    ``options``: the strategy's options, instead of the script's."""
+    import json
     import os
     import subprocess
     import sys
 
+    extra = [json.dumps(options)] if options is not None else []
     return subprocess.Popen(
-        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy, mode],
+        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy, mode, *extra],
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -112,9 +119,10 @@ def start_search(url: str, n_trials: int, pause: float = 0.0, strategy: str = "t
     )
 
 
-def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int) -> None:
+def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int, options: Any = None) -> None:
     """Start the search script and SIGKILL it once ``completed`` trials are done and another is RUNNING."""
     import datetime
+    import json
     import os
     import signal
     import subprocess
@@ -125,8 +133,9 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
     import pytest
     from optuna.trial import TrialState
 
+    extra = [json.dumps(options)] if options is not None else []
     proc = subprocess.Popen(
-        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy],
+        [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy, "search", *extra],
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -22,11 +22,11 @@ import autoprune as ap
 from autoprune.agents import AMCEnv, DDPGAgent, LayerWalk
 from autoprune.agents.amc import AGENT
 from autoprune.agents.ddpg import truncated_normal
-from autoprune.utils import seeded_generator
 from autoprune.engine.latency import LatencyTable
 from autoprune.search import Projector, SearchContext, get_strategy
 from autoprune.search.artifacts import artifact_store, load_state
 from autoprune.search.ledger import make_storage
+from autoprune.utils import seeded_generator
 
 X = torch.zeros(1, 1, 8, 8)
 BUDGET = ap.Budget(macs=0.6)  # what tests/scripts/search_digits.py searches under

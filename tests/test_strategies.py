@@ -10,6 +10,8 @@ without evaluating any plan twice.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -23,7 +25,9 @@ from autoprune.search.ledger import counted, make_storage, proposal
 
 STRATEGIES = sorted(ap.STRATEGIES)
 BUDGET = ap.Budget(macs=0.6)  # what tests/scripts/search_digits.py searches under
-OPTIONS = {"netadapt": {"initial_reduction": 0.1}}  # as the script passes them
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from search_digits import OPTIONS  # noqa: E402 - the options the script's searches use
+
 WALKS_DOWN = {"netadapt"}  # proposes networks over the budget until its last iterations: needs many more trials
 
 
@@ -52,6 +56,7 @@ def _finished(space: ap.PruningSpace, study: optuna.Study, strategy: str) -> boo
 def test_the_best_trial_meets_the_budget(tmp_path, space, strategy):
     strat = get_strategy(strategy, **OPTIONS.get(strategy, {}))
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 10  # training samples for a strategy that trains (MetaPruning)
     study = ap.search(
         space,
         agreement(space, x),
@@ -60,6 +65,7 @@ def test_the_best_trial_meets_the_budget(tmp_path, space, strategy):
         n_trials=300 if strategy in WALKS_DOWN else 8,
         storage=f"sqlite:///{tmp_path / 'a.db'}",
         study_name="a",
+        train_data=(x, labels),
     )
     limit = BUDGET.targets(space)["macs"]
     best = ap.best_trial(study)

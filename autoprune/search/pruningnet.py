@@ -169,6 +169,8 @@ class PruningNet(nn.Module):
         calibration: batches for a data-driven criterion.
         widths: the candidate widths, see :func:`width_choices`.
         max_sparsity: no group keeps less than ``1 - max_sparsity`` of its channels.
+        seed: seeds the generators' first layers (whatever the global torch RNG), so two processes build the
+            same PruningNet.
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class PruningNet(nn.Module):
         calibration: Any = None,
         widths: str = "reference",
         max_sparsity: float = 0.95,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if form not in FORMS:
@@ -200,14 +203,16 @@ class PruningNet(nn.Module):
         self.fixed_names: list[str] = []
         generators, fixed = [], []
         make = _Faithful if form == "faithful" else _Modulated
-        for name, p, deps in _parameters(space):
-            if deps:
-                self.generated.append(name)
-                self.deps.append(torch.tensor(deps, dtype=torch.long))
-                generators.append(make(p, len(deps), hidden))
-            else:
-                self.fixed_names.append(name)
-                fixed.append(nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for name, p, deps in _parameters(space):
+                if deps:
+                    self.generated.append(name)
+                    self.deps.append(torch.tensor(deps, dtype=torch.long))
+                    generators.append(make(p, len(deps), hidden))
+                else:
+                    self.fixed_names.append(name)
+                    fixed.append(nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         self.generators = nn.ModuleList(generators)
         self.fixed = nn.ParameterList(fixed)
         self._check_reaches_forward()
@@ -355,7 +360,12 @@ class PruningNetTrainer:
         self.steps, self.lr, self.batch_size = steps, float(lr), batch_size
         self.label_smoothing, self.distill, self.temperature, self.seed = label_smoothing, distill, temperature, seed
         self.optimizer = torch.optim.SGD(
-            net.parameters(), lr=self.lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
+            net.parameters(),
+            lr=self.lr,
+            momentum=momentum,
+            nesterov=momentum > 0,
+            weight_decay=weight_decay,
+            foreach=True,  # hundreds of small generator tensors: one kernel per step, not one per tensor
         )
         self.step = 0
         self.losses: list[float] = []
@@ -417,8 +427,9 @@ class PruningNetTrainer:
                     reference = _logits(teacher(*inputs)).float()
                     teacher.train(was)
                 t = self.temperature
-                kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(reference / t, 1), log_target=True)
-                loss = (1 - self.distill) * loss + self.distill * t * t * kl * logits.shape[1]
+                log_p, log_q = F.log_softmax(logits / t, 1), F.log_softmax(reference / t, 1)
+                kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+                loss = (1 - self.distill) * loss + self.distill * t * t * kl  # Hinton et al.'s T^2 scaling
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * (1 - step / self.steps)
         self.optimizer.zero_grad(set_to_none=True)

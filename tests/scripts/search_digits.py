@@ -1,10 +1,12 @@
 """A real search on scikit-learn's digits, run as a subprocess by the resume tests.
 
-usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY] [search|join]
+usage: search_digits.py STORAGE_URL N_TRIALS [SLEEP_SECONDS] [STRATEGY] [search|join] [OPTIONS_JSON]
 
-``join`` runs as one of several workers on a study made by ``autoprune.create_study``.
+``join`` runs as one of several workers on a study made by ``autoprune.create_study``; ``OPTIONS_JSON`` replaces
+the strategy's options below.
 """
 
+import json
 import sys
 import time
 
@@ -13,6 +15,21 @@ import torch
 import autoprune as ap
 from autoprune.data import load_digits
 from autoprune.evaluators import AccuracyEvaluator
+
+# Small settings for the strategies that need them; tests/test_strategies.py passes the same.
+OPTIONS = {
+    "netadapt": {"initial_reduction": 0.1},
+    "metapruning": {
+        "train_steps": 20,
+        "checkpoint_every": 5,
+        "batch_size": 64,
+        "population": 4,
+        "parents": 2,
+        "mutations": 1,
+        "crossovers": 1,
+        "recalibration_batches": 0,  # the evaluator re-estimates BatchNorm statistics itself
+    },
+}
 
 
 def main() -> None:
@@ -40,7 +57,7 @@ def main() -> None:
         return result
 
     space = ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
-    options = {"initial_reduction": 0.1} if netadapt else {}
+    options = json.loads(sys.argv[6]) if len(sys.argv) > 6 else OPTIONS.get(strategy, {})
     config = ap.SearchConfig(
         budget=ap.Budget(macs=0.6),
         strategy=strategy,
@@ -50,7 +67,7 @@ def main() -> None:
         seed=0,
         strategy_options=options,
     )
-    ap.search(space, slow, config=config, join=mode == "join")
+    ap.search(space, slow, config=config, join=mode == "join", train_data=train)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ class MetaPruning(Strategy):
             criterion=ctx.criterion,
             widths=self.widths,
             max_sparsity=ctx.max_sparsity,
+            seed=ctx.base_seed,
         )
 
     def _trained(self, ctx: SearchContext) -> dict | None:
