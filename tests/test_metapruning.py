@@ -350,3 +350,12 @@ def test_the_exported_network_is_the_one_that_was_scored(whole, space):
     with pytest.raises(ValueError, match="weights must be one of"):
         ap.trial_network(study, best, space, weights="mine")
     assert json.dumps(best.user_attrs[TAG])  # the encoding is plain JSON in the study
+
+
+def test_show_plots_the_training_loss_and_the_score_per_generation(whole, tmp_path):
+    from autoprune.plots import plot_study
+
+    names = {p.name for p in plot_study(_study(whole), tmp_path)}
+    assert {"rounds.png", "pruningnet_training_loss.png", "progress.png"} <= names
+    curve = _study(whole).user_attrs["curves"]["PruningNet training loss"]
+    assert curve["x"][-1] == OPTIONS["train_steps"] and len(curve["y"]) == len(curve["x"])
