@@ -100,7 +100,7 @@ def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     assert run.returncode == 2
     text = " ".join(run.stdout.split())
     assert "line 11: budget.flops: unknown key; allowed keys here: macs, params" in text
-    available = "Available: amc, netadapt, random, sa, tpe, uniform"
+    available = "Available: amc, metapruning, netadapt, random, sa, tpe, uniform"
     assert f"line 12: strategy.name: unknown strategy 'annealing'. {available}" in text
     assert not (tmp_path / "tiny.db").exists()  # nothing ran
 

@@ -51,7 +51,12 @@ def test_netadapt_walks_down_to_the_budget_and_resumes_after_sigkill(tmp_path):
     out = ap.export(net.space, net.plan, tmp_path / "best", criterion=net.criterion)
     model = ap.load(out, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     kept = best.user_attrs["netadapt_keep"]["layer2.1.conv1"]
-    assert torch.equal(model.layer2[1].conv1.weight, net.space.model.layer2[1].conv1.weight[kept])
+    index = net.space.parameter_indices(net.space.keep_indices(net.plan, net.criterion))["layer2.1.conv1.weight"]
+    expected = net.space.model.layer2[1].conv1.weight
+    assert index.get(0, torch.arange(expected.shape[0])).tolist() == kept  # its own outputs; inputs: the stage's
+    for dim, idx in index.items():
+        expected = expected.index_select(dim, idx)
+    assert torch.equal(model.layer2[1].conv1.weight, expected)
     assert not torch.equal(net.space.model.layer2[1].conv1.weight, space.model.layer2[1].conv1.weight)  # fine-tuned
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
