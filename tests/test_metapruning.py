@@ -110,8 +110,12 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return train.tensors if hasattr(train, "tensors") else train
 
 
-def test_training_resumed_from_a_checkpoint_takes_the_same_steps(space):
+@pytest.mark.parametrize("kind", ["tensors", "loader"])
+def test_training_resumed_from_a_checkpoint_takes_the_same_steps(space, kind):
     data = _digits()
+    if kind == "loader":  # a shuffling DataLoader: iterated under a seed per epoch, skipped ahead on resume
+        dataset = torch.utils.data.TensorDataset(*data[:2]) if isinstance(data, tuple) else data
+        data = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True)
 
     def trainer() -> PruningNetTrainer:
         return PruningNetTrainer(PruningNet(space), data, steps=6, batch_size=32, seed=3)

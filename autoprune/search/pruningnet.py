@@ -393,11 +393,17 @@ class PruningNetTrainer:
         if isinstance(self.source, DataLoader):
             epoch, position = divmod(step, len(self.source))
             if self._epoch is None or self._epoch[:2] != (epoch, position):
+                # A shuffling sampler draws its order at the first batch: draw it under the epoch's seed, and skip
+                # ahead there on resume; later batches are fetched under their step's seed, as without a resume.
                 with torch.random.fork_rng():
                     torch.manual_seed(_torch_seed(self.seed, "epoch", epoch))
                     iterator = iter(self.source)
-                for _ in range(position):
-                    next(iterator)
+                    first = next(iterator)
+                    for _ in range(position - 1):
+                        next(iterator)
+                if position == 0:
+                    self._epoch = (epoch, 1, iterator)
+                    return _split(first, "train_data")
                 self._epoch = (epoch, position, iterator)
             batch = next(self._epoch[2])
             self._epoch = (epoch, position + 1, self._epoch[2])
