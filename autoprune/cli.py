@@ -471,7 +471,10 @@ def show(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL."),
     top: int = typer.Option(10, "--top", help="How many trials to list."),
     plots: Optional[Path] = typer.Option(
-        None, "--plots", help="Write pareto.png, kept_channels.png and progress.png (score per trial) here."
+        None,
+        "--plots",
+        help="Write pareto.png, kept_channels.png, progress.png (score per trial) and, when the strategy has them, "
+        "rounds.png (score per generation) and its curves (MetaPruning's training loss) here.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the top trials as JSON."),
 ) -> None:
