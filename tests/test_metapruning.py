@@ -218,12 +218,12 @@ def test_every_generation_meets_the_budget_and_breeds_from_the_best(space):
     for genes, origin in second:
         assert tuple(genes) not in seen
         seen.add(tuple(genes))
-        assert space.macs(strat._plan(ctx, genes)) <= limit
+        assert space.macs(strat.plan(ctx, genes)) <= limit
         if origin == "crossover":
             assert all(any(genes[k] == p[k] for p in parents) for k in range(len(genes)))
         if origin == "mutation":
             assert min(sum(a != b for a, b in zip(genes, p)) for p in parents) >= 1
-    assert all(space.macs(strat._plan(ctx, g)) <= limit for g, _ in first)
+    assert all(space.macs(strat.plan(ctx, g)) <= limit for g, _ in first)
 
 
 # The options of the resume and worker runs: training long enough (seconds) that a kill lands inside it.

@@ -400,6 +400,13 @@ class PruningSpace:
         keep[s == 0] = full[s == 0]
         return keep
 
+    def plan_keeping(self, counts: Sequence[int]) -> dict[str, float]:
+        """The plan under which each group keeps exactly ``counts`` channels (in the order of :attr:`groups`): the
+        inverse of :meth:`kept_counts` for counts the rounding allows."""
+        if len(counts) != len(self.groups):
+            raise ValueError(f"counts has {len(counts)} entries; the space has {len(self.groups)} groups")
+        return {g.name: 1.0 - int(k) / g.channels for g, k in zip(self.groups, counts)}
+
     def kept_channels(self, plan: Plan) -> dict[str, int]:
         """Channels each group keeps under ``plan`` (after rounding to ``round_to``)."""
         return {g.name: int(k) for g, k in zip(self.groups, self.kept_counts(plan))}

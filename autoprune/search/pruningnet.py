@@ -226,7 +226,7 @@ class PruningNet(nn.Module):
 
     def plan(self, counts: Sequence[int]) -> dict[str, float]:
         """The plan that keeps ``counts`` channels per group (the space rounds it back to exactly ``counts``)."""
-        return {g.name: 1.0 - int(k) / g.channels for g, k in zip(self.space.groups, counts)}
+        return self.space.plan_keeping(counts)
 
     def keep(self, counts: Sequence[int]) -> dict[str, torch.Tensor]:
         """The kept channel indices (sorted) of every group ``counts`` narrows: its ``k`` highest-scoring."""

@@ -172,8 +172,8 @@ class MetaPruning(Strategy):
             )
         choices = self.choices(ctx)
         smallest = [0] * len(choices)
-        if not ctx.projector.fits(self._plan(ctx, smallest)):
-            costs = ctx.projector.costs(self._plan(ctx, smallest))
+        if not ctx.projector.fits(self.plan(ctx, smallest)):
+            costs = ctx.projector.costs(self.plan(ctx, smallest))
             over = ", ".join(
                 f"{m} {costs[m]:.4g} > {ctx.projector.limit(m):.4g}"
                 for m in ctx.projector.targets
@@ -191,11 +191,13 @@ class MetaPruning(Strategy):
             self._choices = (key, width_choices(ctx.space, self.widths, ctx.max_sparsity))
         return self._choices[1]
 
-    def _counts(self, ctx: SearchContext, genes: list[int]) -> list[int]:
+    def counts(self, ctx: SearchContext, genes: list[int]) -> list[int]:
+        """The channels each group keeps under an encoding."""
         return [c[g] for c, g in zip(self.choices(ctx), genes)]
 
-    def _plan(self, ctx: SearchContext, genes: list[int]) -> dict[str, float]:
-        return {g.name: 1.0 - k / g.channels for g, k in zip(ctx.space.groups, self._counts(ctx, genes))}
+    def plan(self, ctx: SearchContext, genes: list[int]) -> dict[str, float]:
+        """The plan of an encoding."""
+        return ctx.space.plan_keeping(self.counts(ctx, genes))
 
     # -- the PruningNet: trained once, as a task --------------------------------------------------------
     def _store(self, ctx: SearchContext):  # noqa: ANN202
@@ -292,7 +294,7 @@ class MetaPruning(Strategy):
             f"{TAG}:generation:{n}",
             [
                 (
-                    self._plan(ctx, genes),
+                    self.plan(ctx, genes),
                     {
                         TAG: {"generation": n, "genes": genes, "of": len(children), "origin": origin},
                         attrs.ROUND: n,
@@ -339,7 +341,7 @@ class MetaPruning(Strategy):
         out: list[tuple[list[int], str]] = []
 
         def offer(child: tuple[int, ...], origin: str) -> None:
-            if child not in seen and ctx.projector.fits(self._plan(ctx, list(child))):
+            if child not in seen and ctx.projector.fits(self.plan(ctx, list(child))):
                 seen.add(child)
                 out.append(([int(x) for x in child], origin))
 
@@ -368,7 +370,7 @@ class MetaPruning(Strategy):
     def _onto_budget(self, ctx: SearchContext, genes: list[int]) -> list[int]:
         """A random encoding over the budget scaled onto it (keep ratios times one factor), each gene then
         rounded down to a width it allows."""
-        plan = self._plan(ctx, genes)
+        plan = self.plan(ctx, genes)
         if ctx.projector.fits(plan):
             return genes
         projected = ctx.projector.project(plan, fill=False)
@@ -381,7 +383,7 @@ class MetaPruning(Strategy):
     def build(self, ctx: SearchContext, trial: optuna.Trial, plan: dict[str, float]) -> nn.Module:
         """The network the PruningNet generates for the trial's encoding, its BatchNorm statistics re-estimated
         here unless the evaluator does it."""
-        counts = self._counts(ctx, trial.user_attrs[TAG]["genes"])
+        counts = self.counts(ctx, trial.user_attrs[TAG]["genes"])
         if ctx.space.kept_counts(plan).tolist() != counts:
             raise RuntimeError(f"trial {trial.number}'s plan does not keep its encoding's channels {counts}")
         model = self.net(ctx).network(counts)
@@ -417,7 +419,7 @@ class MetaPruning(Strategy):
     def network(self, ctx: SearchContext, trial: optuna.trial.FrozenTrial) -> TrialNetwork:
         """The trial's own network: the generated weights of its encoding, with what its evaluation changed."""
         net = self.net(ctx)
-        counts = self._counts(ctx, trial.user_attrs[TAG]["genes"])
+        counts = self.counts(ctx, trial.user_attrs[TAG]["genes"])
         keep = net.keep(counts)
         model = ctx.space.model
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
