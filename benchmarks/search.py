@@ -1,13 +1,17 @@
 """Search quality: every strategy under the same budget, evaluator and number of evaluations, in one run.
 
-    python benchmarks/search.py [--trials 60] [--budget 0.5] [--strategies uniform,random,tpe,sa,amc,netadapt]
-                                [--long-trials 300] [--long-budgets 0.5,0.3] [--jobs 2]
+    python benchmarks/search.py [--trials 60] [--budget 0.5]
+                                [--strategies uniform,random,tpe,sa,amc,metapruning,netadapt]
+                                [--long-trials 300] [--long-budgets 0.5,0.3] [--jobs 2] [--metapruning-steps 300]
 
 The model is the pretrained zoo ResNet-20 on Fashion-MNIST. Every candidate is
 scored the same way (adaptive-BN recalibration on 10 x 128 training images, top-1
 on 2048 held-out *training* images). The best plan of each strategy is then
 scored once on the 10k test set with the same recalibration (no fine-tune), so
-the table compares allocations, not training recipes. Torch-Pruning's global
+the table compares allocations, not training recipes. MetaPruning is the exception
+that scores its own weights: it first trains a PruningNet (``--metapruning-steps``
+SGD steps, reported in its row) and its candidates carry the generated weights, so
+its row also gives its plan on the original weights. Torch-Pruning's global
 magnitude ranking (its ``global_pruning=True``, ratio bisected to the same MACs)
 is the outside baseline. NetAdapt fine-tunes every proposal, so for a comparison at
 equal training compute every other best network is also fine-tuned once with as
@@ -80,9 +84,25 @@ def _evaluators(data: Any) -> tuple[AccuracyEvaluator, AccuracyEvaluator]:
     return search_eval, test_eval
 
 
-def long_search(name: str, budget: float, trials: int, threads: int, folder: str) -> dict:
+OWN_WEIGHTS = {"netadapt", "metapruning"}  # strategies whose trials score weights of their own, not the original's
+
+
+def _options(name: str, metapruning_steps: int) -> dict:
+    """The options a strategy runs with in this benchmark (its defaults, but MetaPruning's training length)."""
+    return {"train_steps": metapruning_steps} if name == "metapruning" else {}
+
+
+def _generations(done: list) -> list[dict]:
+    """MetaPruning's best and mean score per generation of its completed candidates."""
+    by: dict[int, list[float]] = {}
+    for t in done:
+        by.setdefault(t.user_attrs["metapruning"]["generation"], []).append(t.values[0])
+    return [{"n": len(v), "best": max(v), "mean": sum(v) / len(v)} for _, v in sorted(by.items())]
+
+
+def long_search(name: str, budget: float, trials: int, threads: int, folder: str, metapruning_steps: int) -> dict:
     """One strategy's search of ``trials`` evaluations at ``budget`` (in a worker process): its best plan's scores,
-    and for a strategy with phases (AMC) the best score of each."""
+    and for a strategy with phases (AMC) or generations (MetaPruning) the scores of each."""
     torch.set_num_threads(threads)
     space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
     search_eval, test_eval = _evaluators(fashion_mnist_splits())
@@ -93,6 +113,7 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
         ap.Budget(macs=budget),
         strategy=name,
         n_trials=trials,
+        strategy_options=_options(name, metapruning_steps),
         storage=f"sqlite:///{Path(folder) / f'{name}-{budget}.db'}",
         study_name=name,
         seed=0,
@@ -103,19 +124,28 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
     phases: dict[str, list[float]] = {}
     for t in sorted(done, key=lambda t: t.number):
         phases.setdefault(t.user_attrs.get(attrs.PHASE) or "", []).append(t.values[0])
+    plan_test = test_eval(space.apply(best.user_attrs["plan"]))["accuracy"]
+    own = name in OWN_WEIGHTS
     return {
         "name": name,
         "budget": budget,
         "evaluations": len(done),
         "val": best.values[0],
-        "test": test_eval(space.apply(best.user_attrs["plan"]))["accuracy"],
+        "test": test_eval(ap.trial_network(study, best, space).build())["accuracy"] if own else plan_test,
+        "plan_test": plan_test if own else None,
         "macs": best.user_attrs["macs"],
         "params": best.user_attrs["params"],
         "seconds": seconds,
         "eval_seconds": sum(t.user_attrs.get("eval_seconds", 0.0) for t in done),
+        "train_seconds": sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.trials
+            if t.user_attrs.get(attrs.TASK) and t.datetime_complete
+        ),
         "phases": {
             k: {"n": len(v), "best": max(v), "mean_last": sum(v[-50:]) / len(v[-50:])} for k, v in phases.items()
         },
+        "generations": _generations(done) if name == "metapruning" else [],
     }
 
 
@@ -123,10 +153,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--budget", type=float, default=0.5)
-    parser.add_argument("--strategies", default="uniform,random,tpe,sa,amc,netadapt")
+    parser.add_argument("--strategies", default="uniform,random,tpe,sa,amc,metapruning,netadapt")
     parser.add_argument("--long-trials", type=int, default=300)
     parser.add_argument("--long-budgets", default="0.5,0.3")
-    parser.add_argument("--long-strategies", default="uniform,random,tpe,sa,amc")
+    parser.add_argument("--long-strategies", default="uniform,random,tpe,sa,amc,metapruning")
+    parser.add_argument(
+        "--metapruning-steps",
+        type=int,
+        default=300,
+        help="MetaPruning's PruningNet training steps (128 images each; reported in its row)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="searches run at once (one thread each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -157,7 +193,15 @@ def main() -> None:
     long_dir = tempfile.mkdtemp()
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
     long_jobs = [
-        pool.submit(long_search, name, float(b), 1 if name == "uniform" else args.long_trials, args.threads, long_dir)
+        pool.submit(
+            long_search,
+            name,
+            float(b),
+            1 if name == "uniform" else args.long_trials,
+            args.threads,
+            long_dir,
+            args.metapruning_steps,
+        )
         for b in args.long_budgets.split(",")
         for name in args.long_strategies.split(",")
     ]
@@ -173,10 +217,11 @@ def main() -> None:
     built = {}  # strategy -> a function building its best network on the original weights
     netadapt_evaluations, netadapt_first_feasible, netadapt_plan_only = 0, None, None
     netadapt_steps = 0  # NetAdapt's short-term fine-tune steps in all: every other row gets as many at the end
+    metapruning_plan_only = None
     tmp = Path(tempfile.mkdtemp())
     for name in args.strategies.split(","):
         t0 = time.perf_counter()
-        evaluator, options = search_eval, {}
+        evaluator, options = search_eval, _options(name, args.metapruning_steps)
         if name == "netadapt":
             evaluator = AccuracyEvaluator(
                 data.val,
@@ -213,6 +258,12 @@ def main() -> None:
                 f"netadapt ({iterations} iterations; {args.netadapt_finetune} fine-tune steps per evaluation, "
                 f"i.e. {args.netadapt_finetune * len(done)} SGD steps in all)"
             )
+        elif name == "metapruning":  # its own network: the PruningNet's generated weights for the best encoding
+            network = ap.trial_network(study, study.best_trial, space)
+            test = test_eval(network.build())["accuracy"]
+            built[name] = network.build
+            metapruning_plan_only = test_eval(space.apply(plan))["accuracy"]
+            label = f"metapruning ({args.metapruning_steps} PruningNet training steps of 128 images first)"
         else:
             test = test_eval(space.apply(plan))["accuracy"]
             built[name] = lambda plan=plan: space.apply(plan)
@@ -276,11 +327,11 @@ def main() -> None:
         tests[key] = test
         fine_tuned = key == "netadapt"
         delta = f"{(test - uniform[3]) * 100:+.2f} pp" if uniform and not fine_tuned else "—"
-        shown = (
-            f"{test:.2%} (its own fine-tuned network); {netadapt_plan_only:.2%} (its plan on the original weights)"
-            if fine_tuned
-            else f"{test:.2%}"
-        )
+        shown = f"{test:.2%}"
+        if fine_tuned:
+            shown += f" (its own fine-tuned network); {netadapt_plan_only:.2%} (its plan on the original weights)"
+        elif key == "metapruning":
+            shown += f" (its generated weights); {metapruning_plan_only:.2%} (its plan on the original weights)"
         after = ""
         if tuned:
             after = f"{tuned[key]:.2%} | " if key in tuned else "(its own network above) | "
@@ -302,6 +353,7 @@ def main() -> None:
             netadapt_first_feasible,
             netadapt_plan_only,
             len(space.groups),
+            metapruning_plan_only,
         ),
         *_compute_verdict(tests, tuned, netadapt_steps),
     ]
@@ -362,15 +414,45 @@ def _long_section(results: list[dict], args: argparse.Namespace) -> str:
                     f"episodes a best of {learn['best']:.2%} (mean of the last 50: {learn['mean_last']:.2%})."
                 )
             verdicts.append(text)
+        meta = mine.get("metapruning")
+        if meta:
+            verdicts.append(_metapruning_verdict(b, meta, mine))
     lines += [
         "",
         "Overhead per trial = (wall time − the evaluations' own time, model building included) / evaluations: "
-        "the proposal (AMC: the episode, the agent's updates, saving it) and the SQLite round trips; "
+        "the proposal (AMC: the episode, the agent's updates, saving it; MetaPruning: its PruningNet training, "
+        "spread over its evaluations) and the SQLite round trips; "
         "see also the overhead section.",
         "",
         *verdicts,
     ]
     return "\n".join(lines)
+
+
+def _metapruning_verdict(budget: float, meta: dict, rows: dict[str, dict]) -> str:
+    """MetaPruning against the other strategies at ``budget``: test accuracies, what the generator adds over the
+    original weights, the training it spent and how its generations improved."""
+    others = {k: r["test"] for k, r in rows.items() if k not in ("metapruning", "uniform")}
+    beaten = [k for k, v in others.items() if meta["test"] - v > 0.01]
+    below = [k for k, v in others.items() if v - meta["test"] > 0.01]
+    level = [k for k in others if k not in beaten and k not in below]
+    parts = []
+    if beaten:
+        parts.append("beats " + ", ".join(f"{k} ({others[k]:.2%})" for k in beaten))
+    if level:
+        parts.append("is level (within a point) with " + ", ".join(f"{k} ({others[k]:.2%})" for k in level))
+    if below:
+        parts.append("does *not* beat " + ", ".join(f"{k} ({others[k]:.2%})" for k in below))
+    if not parts:
+        parts.append("has no other strategy to compare with")
+    gens = "; ".join(f"{g['mean']:.1%} mean, {g['best']:.1%} best" for g in meta["generations"])
+    return (
+        f"- At {budget:.0%}: MetaPruning ({meta['test']:.2%} on test with its generated weights) "
+        + "; ".join(parts)
+        + f" at equal evaluations. Its plan on the original weights scores {meta['plan_test']:.2%} "
+        f"({(meta['test'] - meta['plan_test']) * 100:+.1f} points from the generator). It trained its PruningNet "
+        f"for {meta['train_seconds']:.0f} s before evaluating; per generation (scoring set): {gens}."
+    )
 
 
 def _verdicts(
@@ -381,11 +463,12 @@ def _verdicts(
     first_feasible: int | None,
     plan_only: float | None,
     groups: int,
+    metapruning_plan_only: float | None = None,
 ) -> list[str]:
     """Plain sentences on who beats whom in this run, and why where a strategy does not beat the baselines."""
     pp = {k: (v - tests.get("uniform", v)) * 100 for k, v in tests.items()}
     out = []
-    for name in ("random", "tpe", "sa", "amc"):
+    for name in ("random", "tpe", "sa", "amc", "metapruning"):
         if name in tests and "uniform" in tests:
             verb = "beats" if pp[name] > 1 else "does *not* beat"
             gap = (tests[name] - tests["random"]) * 100 if "random" in tests else 0.0
@@ -401,6 +484,14 @@ def _verdicts(
             f"calibrate the temperature), so in {trials} evaluations it explores far less of the space than random "
             "sampling; its best plan can also land under the budget, because the projection scales every group "
             "together and the last channel of a residual-stream group is a coarse step."
+        )
+    if "metapruning" in tests and metapruning_plan_only is not None:
+        out.append(
+            f"  MetaPruning's row scores its generated weights; its plan on the original weights scores "
+            f"{metapruning_plan_only:.2%} ({(tests['metapruning'] - metapruning_plan_only) * 100:+.1f} points from "
+            "the generator). Its first generation is random (the reference's initial population), so with "
+            f"{trials} evaluations its evolution has had "
+            f"{max(trials - 50, 0) // 50} generation(s) of children."
         )
     if "Torch-Pruning global L2" in tests and "uniform" in tests:
         out.append(
