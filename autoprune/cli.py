@@ -10,6 +10,7 @@ autoprune worker studies/quickstart.yaml --storage postgresql://... --device cud
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -43,6 +44,13 @@ class Setup:
     inputs: tuple
     space: Any
     storage: str
+    _splits: Any = None
+
+    def splits(self) -> Any:
+        """The study file's data (loaded once)."""
+        if self._splits is None:
+            self._splits = self.config.data.splits(self.base_dir)
+        return self._splits
 
 
 def _storage(config: StudyFile, base_dir: Path, override: str | None) -> str:
@@ -69,14 +77,16 @@ def _setup(config: StudyFile, base_dir: Path, storage: str | None) -> Setup:
     return Setup(config, base_dir, model, inputs, space, _storage(config, base_dir, storage))
 
 
-def _evaluator(config: StudyFile, device: str | None = None):  # noqa: ANN202
+def _evaluator(setup: Setup, device: str | None = None, **overrides: Any):  # noqa: ANN202
+    """The study file's evaluator (``overrides`` replace its keyword arguments)."""
     from .evaluators import resolve_evaluator
 
-    kwargs = dict(config.evaluator.kwargs)
+    config = setup.config
+    kwargs = {**config.evaluator.kwargs, **overrides}
     if device is not None:
         kwargs["device"] = device
     if config.evaluator.name == "accuracy":
-        splits = config.data.splits()
+        splits = setup.splits()
         kwargs.setdefault("train_data", splits.train)
         return resolve_evaluator("accuracy", data=splits.val, **kwargs)
     if config.evaluator.name == "latency":
@@ -163,7 +173,7 @@ def worker(
         url = _storage(config, path.parent, storage)
         _load(config.study_name, url)  # fails fast: an unreachable database, or no study there yet
         setup = _setup(config, path.parent, url)
-        evaluator = _evaluator(config, device)
+        evaluator = _evaluator(setup, device)
     except BAD_INPUT as err:
         _fail(err)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -215,7 +225,7 @@ def search(
                 f"Use --storage journal:{path.parent / (config.study_name + '.journal')} on one machine, "
                 "or --storage postgresql://USER:PASSWORD@HOST/DB across machines"
             )
-        evaluator = _evaluator(config, devices[0]) if workers == 1 else None
+        evaluator = _evaluator(setup, devices[0]) if workers == 1 else None
         study = _create(setup, path)
     except BAD_INPUT as err:
         _fail(err)
@@ -345,8 +355,35 @@ def _meets(t: optuna.trial.FrozenTrial) -> bool:
     return all(c <= 0 for c in t.constraints.values())
 
 
-def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> dict[str, float]:
-    """Fine-tune the exported network on the training split (the long-term fine-tune); test accuracy before/after."""
+def _accuracy_options(config: StudyFile) -> dict[str, Any]:
+    """The accuracy evaluator's options that say how to run a network (not what to score it on)."""
+    keys = ("device", "threads", "bf16", "channels_last", "batch_size")
+    return {k: v for k, v in config.evaluator.kwargs.items() if k in keys}
+
+
+def _as_scored(setup: Setup, model: torch.nn.Module) -> float | None:
+    """Put ``model`` in the state its trial was scored in: the study's BN recalibration (same batches), without its
+    short fine-tune (a trial's network carries its own weights). Returns the score on the search's data (None when
+    the evaluator is not the accuracy evaluator: the model is then used as built)."""
+    if setup.config.evaluator.name != "accuracy":
+        return None
+    return float(_evaluator(setup, finetune_steps=0)(model)["score"])
+
+
+def _test_evaluator(setup: Setup) -> Any:
+    """Top-1 on the test split of the network as it is (no recalibration), or None without such data."""
+    from .evaluators import AccuracyEvaluator
+
+    if setup.config.evaluator.name != "accuracy":
+        return None
+    splits = setup.splits()
+    if getattr(splits, "test", None) is None or len(splits.test) == 0:
+        return None
+    return AccuracyEvaluator(splits.test, bn_recalibration_batches=0, **_accuracy_options(setup.config))
+
+
+def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on the training split (the long-term fine-tune)."""
     from .evaluators import AccuracyEvaluator
 
     config = setup.config
@@ -355,16 +392,11 @@ def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> di
             f"fine-tuning before export trains on the accuracy evaluator's data; this study's evaluator is "
             f"{config.evaluator.name!r}: export without --finetune and fine-tune the network yourself"
         )
-    splits = config.data.splits()
-    options = {k: v for k, v in config.evaluator.kwargs.items() if k in ("device", "threads", "bf16", "channels_last")}
-    recalibrate = int(config.evaluator.kwargs.get("bn_recalibration_batches", 10))
-    test = AccuracyEvaluator(splits.test, train_data=splits.train, bn_recalibration_batches=recalibrate, **options)
-    before = test(model)["accuracy"]
+    splits = setup.splits()
     console.print(f"fine-tuning {steps} steps (lr {lr}) on {len(splits.train)} training samples ...")
     train = dict(train_data=splits.train, finetune_steps=steps, finetune_lr=lr, bn_recalibration_batches=0)
-    tuned = AccuracyEvaluator(splits.test, **train, **options)(model)
-    console.print(f"test accuracy {before:.2%} -> {tuned['accuracy']:.2%}")
-    return {"steps": steps, "lr": lr, "test_before": before, "test_after": tuned["accuracy"]}
+    AccuracyEvaluator(splits.val, batches=1, **train, **_accuracy_options(config))(model)
+    return {"steps": steps, "lr": lr}
 
 
 def _export_best(
@@ -374,8 +406,13 @@ def _export_best(
     trial_number: int | None,
     finetune_steps: int | None = None,
     weights: str = "trial",
+    report: bool | None = None,
 ) -> Path:
+    """Export a trial's network (the best by default) as it was scored, fine-tuned when asked, with its result
+    card (REPORT.md and PNGs beside it, the figures in structure.json) unless ``report`` is False."""
     import autoprune as ap
+
+    from .report import report as measure
 
     if trial_number is None:
         trial = ap.best_trial(study)
@@ -383,13 +420,55 @@ def _export_best(
         trial = next((t for t in study.trials if t.number == trial_number), None)
         if trial is None or trial.state != TrialState.COMPLETE:
             raise ValueError(f"trial {trial_number} does not exist or did not complete")
+    config = setup.config
     net = ap.trial_network(study, trial, setup.space, weights=weights)  # by default the network the trial scored
-    steps = setup.config.export.finetune_steps if finetune_steps is None else finetune_steps
-    extra = {"study": study.study_name, "trial": trial.number, "storage": setup.storage, "weights": weights}
-    model = None
+    steps = config.export.finetune_steps if finetune_steps is None else finetune_steps
+    extra: dict[str, Any] = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
+    extra["weights"] = weights
+    model = net.build()
+    rescored = _as_scored(setup, model) if weights != "scratch" else None
+    if rescored is not None:
+        extra["rescored"] = rescored  # the trial's score again, on the exported weights
+    test = _test_evaluator(setup)
+    card: dict[str, Any] = {}
     if steps:
-        model = net.build()
-        extra["finetune"] = _finetune(setup, model, steps, setup.config.export.finetune_lr)
+        before = float(test(copy.deepcopy(model))["accuracy"]) if test is not None else None
+        extra["finetune"] = _finetune(setup, model, steps, config.export.finetune_lr)
+        card["finetune"] = extra["finetune"]
+        if before is not None:
+            extra["finetune"]["test_before"] = before
+            card["pruned"] = {"test_accuracy_before_finetune": before}
+    result = None
+    if config.export.report if report is None else report:
+        console.print("measuring the result (test accuracy, latency) ...")
+        done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+        card["title"] = f"{study.study_name}: trial {trial.number}"
+        card["search"] = {
+            "strategy": str(trial.user_attrs.get(attrs.STRATEGY, config.strategy.name)),
+            "trials": _done(study),
+            "best_score": trial.values[0],
+            "best_trial": trial.number,
+            "scored_on": "the held-out split of the training data (val)",
+        }
+        card["kept_channels"] = {
+            g.name: [int(k), g.channels] for g, k in zip(setup.space.groups, setup.space.kept_counts(net.plan))
+        }
+        batch = int(config.evaluator.kwargs.get("batch_size", 256))
+        result = measure(
+            setup.model,
+            model,
+            setup.inputs,
+            test=test,
+            batch_sizes=sorted({1, batch}),
+            threads=config.threads or 1,
+            extra=card,
+            history=[(t.number, t.values[0]) for t in done if _meets(t)],
+        )
+        extra["report"] = result.figures
+    if steps and test is not None:
+        after = result.figures["pruned"]["test_accuracy"] if result else float(test(copy.deepcopy(model))["accuracy"])
+        extra["finetune"]["test_after"] = after
+        console.print(f"test accuracy {extra['finetune']['test_before']:.2%} -> {after:.2%} after fine-tuning")
     where = ap.export(
         net.space,
         net.plan,
@@ -397,10 +476,13 @@ def _export_best(
         criterion=net.criterion,
         model=model,
         score=trial.values[0],
-        budget=setup.config.budget,
-        formats=tuple(setup.config.export.formats),
+        budget=config.budget,
+        formats=tuple(config.export.formats),
         extra=extra,
     )
+    if result is not None:
+        result.write(where)
+        console.print(result.table())
     _store_artifacts(study, trial, where, setup)
     return where
 
@@ -452,13 +534,19 @@ def export(
         help="trial: the weights the trial scored (e.g. NetAdapt's fine-tuned, MetaPruning's generated); "
         "original: the unpruned model's, by the criterion; scratch: freshly initialised (train it with --finetune).",
     ),
+    report: Optional[bool] = typer.Option(
+        None,
+        "--report/--no-report",
+        help="Measure the network against the unpruned one (test accuracy, MACs, size, latency) and write REPORT.md "
+        "(default: the study file's export.report, true).",
+    ),
 ) -> None:
     """Export a trial's pruned structure (default: the best) as structure.json + weights.pt."""
     try:
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
         s = _load(config.study_name, url)
-        where = _export_best(setup, s, out, trial, finetune, weights)
+        where = _export_best(setup, s, out, trial, finetune, weights, report)
     except (StudyFileError, ValueError, KeyError) as err:
         _fail(err)
     console.print(f"exported to [bold]{where}[/]")

@@ -50,21 +50,91 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """The dataset: search scores on ``val`` (carved from the training set), never on ``test``."""
+    """The dataset: search scores on ``val`` (carved from the training set), never on ``test``.
 
-    dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    ``dataset`` names a built-in source (``fashion_mnist``, the default, ``digits``, ``mnist``, ``cifar10``,
+    ``cifar100`` read from ``root``, or ``image_folder``: a folder of class folders at ``root``); ``factory`` names
+    a ``package.module:function`` of yours instead, called with ``kwargs``. A relative ``root`` is relative to the
+    study file's folder. ``transforms`` are named (see `autoprune.data.transforms`); ``num_workers`` is the
+    DataLoader worker count, passed on as ``Splits.num_workers``.
+    """
+
+    dataset: Literal["fashion_mnist", "digits", "mnist", "cifar10", "cifar100", "image_folder"] | None = "fashion_mnist"
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     root: str | None = None
+    transforms: list[str | dict[str, Any]] = Field(default_factory=list)
     val_size: int | None = Field(default=None, gt=0)
+    val_fraction: float | None = Field(default=None, gt=0, lt=1)
+    test_fraction: float | None = Field(default=None, ge=0, lt=1)
+    download: bool = False
+    num_workers: int = Field(default=0, ge=0)
     seed: int = 0
 
-    def splits(self):  # noqa: ANN201
-        from .data import dataset_by_name
+    @field_validator("transforms")
+    @classmethod
+    def _transforms(cls, v: list) -> list:
+        from .data.transforms import parse_transforms
 
-        if self.dataset == "digits":
-            kw = {"val_fraction": min(0.5, self.val_size / 1437)} if self.val_size else {}
-            return dataset_by_name("digits", seed=self.seed, **kw)
-        kw = {"val_size": self.val_size} if self.val_size else {}
-        return dataset_by_name("fashion_mnist", root=self.root, seed=self.seed, **kw)
+        parse_transforms(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        from .data.sources import DOWNLOADABLE
+
+        if self.factory is not None:
+            if self.dataset is not None and "dataset" in self.model_fields_set:
+                raise ValueError(f"give data.dataset ({self.dataset}) or data.factory, not both")
+            if ":" not in self.factory:
+                raise ValueError(
+                    f"data.factory {self.factory!r} is not an import path; write 'package.module:function'"
+                )
+            self.dataset = None
+            for key in ("root", "download", "test_fraction"):
+                if key in self.model_fields_set and getattr(self, key) not in (None, False):
+                    raise ValueError(f"data.{key} does not apply to a data.factory (pass what it needs in kwargs)")
+        else:
+            if self.dataset is None:
+                self.dataset = "fashion_mnist"
+            if self.kwargs:
+                raise ValueError("data.kwargs are the arguments of a data.factory; this data section names none")
+        if self.val_size is not None and self.val_fraction is not None:
+            raise ValueError("give data.val_size or data.val_fraction, not both")
+        if self.dataset == "image_folder" and self.root is None:
+            raise ValueError(
+                "data.dataset image_folder needs data.root: the folder holding one sub-folder per class "
+                "(or train/ with optional val/ and test/ folders of them)"
+            )
+        if self.dataset == "digits" and self.root is not None:
+            raise ValueError("data.root does not apply to digits (scikit-learn ships them)")
+        if self.download and self.dataset not in DOWNLOADABLE:
+            raise ValueError(
+                f"data.download applies to {', '.join(DOWNLOADABLE)} only, not to {self.dataset or 'a factory'}"
+            )
+        if self.test_fraction is not None and self.dataset != "image_folder":
+            raise ValueError("data.test_fraction applies to image_folder only (the other datasets have a test set)")
+        return self
+
+    def splits(self, base_dir: str | Path | None = None):  # noqa: ANN201
+        """The train/val/test `autoprune.data.Splits`; a relative ``root`` is relative to `base_dir` (None: the
+        current directory)."""
+        from .data import build_splits
+
+        return build_splits(
+            self.dataset,
+            factory=self.factory,
+            kwargs=self.kwargs,
+            root=self.root,
+            base_dir=base_dir,
+            transforms=self.transforms,
+            val_size=self.val_size,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            download=self.download,
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
 
 
 class EvaluatorSpec(_Strict):
@@ -91,12 +161,14 @@ class StrategySpec(_Strict):
 
 
 class ExportSpec(_Strict):
-    """Where the best structure goes; ``finetune_steps`` > 0 fine-tunes it first on the training split."""
+    """Where the best structure goes; ``finetune_steps`` > 0 fine-tunes it first on the training split; ``report``
+    measures it against the unpruned model (the result card)."""
 
     dir: str | None = None
     formats: list[Literal["pt2", "onnx"]] = Field(default_factory=list)
     finetune_steps: int = Field(default=0, ge=0)
     finetune_lr: float = Field(default=0.01, gt=0)
+    report: bool = True  # the result card: REPORT.md, PNGs and figures in structure.json (test accuracy, latency)
 
 
 class StudyFile(_Strict):

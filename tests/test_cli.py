@@ -49,6 +49,22 @@ def test_search_show_export_round_trip(tmp_path):
     assert (tmp_path / "tiny.db").exists()
     exported = tmp_path / "out" / "tiny"
     assert (exported / "structure.json").exists() and (exported / "weights.pt").exists()
+    # The result card: the exported network measured against the unpruned one, the same figures in three places.
+    card = json.loads((exported / "structure.json").read_text())
+    figures = card["report"]
+    assert card["rescored"] == card["score"]  # the weights written are the ones the trial scored (BN recalibrated)
+    assert figures["pruned"]["macs"] == card["macs"] and figures["unpruned"]["macs"] == card["base_macs"]
+    assert figures["pruned"]["params"] == card["params"] and figures["unpruned"]["params"] == card["base_params"]
+    assert figures["pruned"]["file_bytes"] < figures["unpruned"]["file_bytes"]
+    assert set(figures["pruned"]["latency_ms"]) == {"1", "256"}
+    assert 0 < figures["pruned"]["test_accuracy"] <= 1 and 0 < figures["unpruned"]["test_accuracy"] <= 1  # untrained
+    kept = figures["kept_channels"]
+    assert all(0 < k <= n for k, n in kept.values()) and any(k < n for k, n in kept.values())
+    report = (exported / "REPORT.md").read_text()
+    assert f"{figures['pruned']['test_accuracy']:.2%}" in report and "latency, batch 256" in report
+    for png in ("accuracy_latency.png", "kept_channels.png", "search.png"):
+        assert (exported / png).stat().st_size > 1000
+    assert "unpruned" in run.stdout and "faster" in run.stdout  # the card is printed
 
     # Running it again resumes; --n-trials raises the study-wide total.
     again = _cli("search", str(study), "--n-trials", "4", cwd=tmp_path)
@@ -71,10 +87,10 @@ def test_search_show_export_round_trip(tmp_path):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
 
     out = tmp_path / "trial1"
-    exp = _cli("export", str(study), "--out", str(out), "--trial", "1", cwd=tmp_path)
+    exp = _cli("export", str(study), "--out", str(out), "--trial", "1", "--no-report", cwd=tmp_path)
     assert exp.returncode == 0, exp.stderr + exp.stdout
     structure = json.loads((out / "structure.json").read_text())
-    assert structure["trial"] == 1
+    assert structure["trial"] == 1 and "report" not in structure and not (out / "REPORT.md").exists()
     model = ap.load(out, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     assert ap.count_macs(model, torch.zeros(1, 1, 8, 8)) == structure["macs"]
@@ -86,6 +102,10 @@ def test_search_show_export_round_trip(tmp_path):
     record = json.loads((tuned_dir / "structure.json").read_text())
     assert record["layers"] == structure["layers"] and record["finetune"]["steps"] == 60
     assert record["finetune"]["test_after"] > record["finetune"]["test_before"] + 0.05  # an untrained network learns
+    pruned = record["report"]["pruned"]
+    assert pruned["test_accuracy"] == record["finetune"]["test_after"]
+    assert pruned["test_accuracy_before_finetune"] == record["finetune"]["test_before"]
+    assert "after 60 fine-tune steps" in (tuned_dir / "REPORT.md").read_text()
     assert "test accuracy" in tuned.stdout
     tuned_model = ap.load(tuned_dir, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     assert not torch.equal(tuned_model.fc.weight, model.fc.weight)

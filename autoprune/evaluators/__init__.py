@@ -8,7 +8,7 @@ adaptive-BN recalibration and an optional short fine-tune) and
 
 from .accuracy import AccuracyEvaluator
 from .base import Evaluator, normalize_result, resolve_evaluator
-from .latency import LatencyEvaluator, measure_latency
+from .latency import LatencyEvaluator, latency_stats, measure_latency
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     "accuracy": AccuracyEvaluator,
@@ -20,6 +20,7 @@ __all__ = [
     "AccuracyEvaluator",
     "Evaluator",
     "LatencyEvaluator",
+    "latency_stats",
     "measure_latency",
     "normalize_result",
     "resolve_evaluator",

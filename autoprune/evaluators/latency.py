@@ -55,7 +55,7 @@ def _check_options(batch_size: int | None, threads: int, min_run_time: float, wa
         raise ValueError(f"min_run_time must be a positive number of seconds, got {min_run_time!r}")
 
 
-def _benchmark(
+def latency_stats(
     model: nn.Module,
     example_inputs: Inputs,
     *,
@@ -67,6 +67,9 @@ def _benchmark(
     channels_last: bool,
     bf16: bool,
 ) -> dict[str, float]:
+    """Forward latency of ``model`` with its spread (see :func:`measure_latency` for the arguments): the median
+    ``latency_ms``, ``iqr_ms``, ``latency_mean_ms``, the ``runs`` (timed blocks) and ``clean``, the fraction of
+    blocks no other process disturbed (low on a busy machine: the figure is then unreliable)."""
     _check_options(batch_size, threads, min_run_time, warmup)
     resolved = resolve_device(device)
     inputs = _prepare_inputs(example_inputs, batch_size, resolved, channels_last)
@@ -112,7 +115,7 @@ def measure_latency(
     (and to channels-last layout when asked); its train/eval mode is restored.
     Noisy on shared machines: see this module's docstring.
     """
-    return _benchmark(
+    return latency_stats(
         model,
         example_inputs,
         batch_size=batch_size,
@@ -168,5 +171,5 @@ class LatencyEvaluator(Evaluator):
         return f"{type(self).__name__}({options})"
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        result = _benchmark(model, self.example_inputs, **self.options)
+        result = latency_stats(model, self.example_inputs, **self.options)
         return {"score": -result["latency_ms"], **result}
