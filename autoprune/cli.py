@@ -23,11 +23,12 @@ import torch
 import typer
 from optuna.trial import TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .search import attrs
-from .search.ledger import counted, default_storage, load_existing, redact, uncounted
+from .search.ledger import counted, default_storage, failure_reason, load_existing, redact, uncounted
 from .studyfile import StudyFile, StudyFileError, build_model, importable_from, load_study_file, parse_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Automatic structured pruning on Optuna studies.")
@@ -45,12 +46,32 @@ class Setup:
     space: Any
     storage: str
     _splits: Any = None
+    _calibration: Any = None
 
     def splits(self) -> Any:
         """The study file's data (loaded once)."""
         if self._splits is None:
             self._splits = self.config.data.splits(self.base_dir)
         return self._splits
+
+    def needs_data(self) -> bool:
+        """True when the criterion scores channels on data (taylor, apoz, mean_activation, ...)."""
+        from .engine import CRITERIA
+
+        return bool(CRITERIA[self.config.criterion].needs_data)
+
+    def calibration(self) -> list | None:
+        """The batches a criterion that needs data scores channels on (None for the others): the first
+        ``calibration_batches`` batches of 64 of the training split, in order, so that every worker and the export
+        choose the same channels."""
+        if not self.needs_data():
+            return None
+        if self._calibration is None:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(self.splits().train, batch_size=64, shuffle=False)
+            self._calibration = [batch for batch, _ in zip(loader, range(self.config.calibration_batches))]
+        return self._calibration
 
 
 def _storage(config: StudyFile, base_dir: Path, override: str | None) -> str:
@@ -74,7 +95,23 @@ def _setup(config: StudyFile, base_dir: Path, storage: str | None) -> Setup:
     model = build_model(config.model, base_dir)
     inputs = (torch.zeros(config.model.input_shape),)
     space = ap.PruningSpace(model, inputs, exclude=config.exclude, round_to=config.round_to)
-    return Setup(config, base_dir, model, inputs, space, _storage(config, base_dir, storage))
+    setup = Setup(config, base_dir, model, inputs, space, _storage(config, base_dir, storage))
+    if config.evaluator.name == "accuracy" or setup.needs_data():
+        _check_input_shape(setup)
+    return setup
+
+
+def _check_input_shape(setup: Setup) -> None:
+    """The data's inputs must be what the model takes (``model.input_shape`` without its batch dimension)."""
+    config = setup.config
+    got, want = tuple(setup.splits().input_shape), tuple(config.model.input_shape[1:])
+    if got != want:
+        source = config.data.dataset or config.data.factory
+        raise ValueError(
+            f"data {source} gives inputs of shape {list(got)}, but model.input_shape {config.model.input_shape} "
+            f"takes {list(want)}: set model.input_shape to {[config.model.input_shape[0], *got]}, or make the data "
+            "fit (data.transforms: resize, center_crop, grayscale, ...)"
+        )
 
 
 def _evaluator(setup: Setup, device: str | None = None, **overrides: Any):  # noqa: ANN202
@@ -114,7 +151,7 @@ def _load(name: str, url: str) -> optuna.Study:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -129,7 +166,9 @@ def _create(setup: Setup, path: Path) -> optuna.Study:
     return study
 
 
-BAD_INPUT = (StudyFileError, ValueError, FileNotFoundError, ImportError)
+#: What a command reports as one line (exit code 2) instead of a traceback: bad study files, values, paths and
+#: storages (StudyFileError and StorageError are ValueErrors), missing files or folders, unimportable modules.
+BAD_INPUT = (StudyFileError, ValueError, OSError, ImportError, KeyError)
 
 study_app = typer.Typer(no_args_is_help=True, help="Create studies that workers then join.")
 app.add_typer(study_app, name="study")
@@ -158,7 +197,9 @@ def study_create(
 def worker(
     study_file: Path = typer.Argument(..., help="The study file (YAML) the study was created from."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL of the study."),
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Study-wide number of trials (default: the file)."),
+    n_trials: Optional[int] = typer.Option(
+        None, "--n-trials", min=1, help="Study-wide number of trials (default: the file)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="Device for this worker's evaluations, e.g. cuda:1."),
     heartbeat: float = typer.Option(10.0, "--heartbeat", help="Seconds between heartbeats; 3 missed = dead worker."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the study file's)."),
@@ -174,33 +215,40 @@ def worker(
         _load(config.study_name, url)  # fails fast: an unreachable database, or no study there yet
         setup = _setup(config, path.parent, url)
         evaluator = _evaluator(setup, device)
+        calibration = setup.calibration()
     except BAD_INPUT as err:
         _fail(err)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("autoprune").setLevel(logging.ERROR)
 
+    ran: list[optuna.trial.FrozenTrial] = []
+
     def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = f"{t.values[0]:.4f}" if t.values else str(t.user_attrs.get(attrs.ERROR, "")).strip()[-200:]
-        console.print(f"trial {t.number} {t.state.name.lower()}: {value}", highlight=False)
+        ran.append(t)
+        value = f"{t.values[0]:.4f}" if t.values else failure_reason(t.user_attrs.get(attrs.ERROR))
+        console.print(f"trial {t.number} {t.state.name.lower()}: {escape(value)}", highlight=False)
 
     try:
-        ap.search(
+        study = ap.search(
             setup.space,
             evaluator,
             config=config.search_config(setup.storage, n_trials),
+            calibration=calibration,
             callbacks=[on_trial],
             join=True,
             heartbeat_interval=heartbeat,
         )
-    except ValueError as err:
+    except BAD_INPUT as err:
         _fail(err)
+    if ran:  # this worker's trials (a worker that found the study done has nothing to say about it)
+        _check_not_all_failed(study, ran)
 
 
 @app.command()
 def search(
     study_file: Path = typer.Argument(..., help="The study file (YAML)."),
     n_trials: Optional[int] = typer.Option(
-        None, "--n-trials", help="Study-wide number of trials (overrides the file)."
+        None, "--n-trials", min=1, help="Study-wide number of trials (overrides the file)."
     ),
     storage: Optional[str] = typer.Option(
         None, "--storage", help="Optuna storage URL (default: SQLite file next to the study file)."
@@ -225,12 +273,15 @@ def search(
                 f"Use --storage journal:{path.parent / (config.study_name + '.journal')} on one machine, "
                 "or --storage postgresql://USER:PASSWORD@HOST/DB across machines"
             )
+        out = export_dir or Path(config.export.dir or (path.parent / "out" / config.study_name))
+        _check_out(out)
         evaluator = _evaluator(setup, devices[0]) if workers == 1 else None
+        calibration = setup.calibration() if workers == 1 else None  # (each worker takes its own)
         study = _create(setup, path)
     except BAD_INPUT as err:
         _fail(err)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    total = n_trials or config.n_trials
+    total = config.n_trials if n_trials is None else n_trials
     space = setup.space
     console.print(
         f"[bold]{config.study_name}[/]: {len(space.groups)} channel groups, "
@@ -249,11 +300,13 @@ def search(
     ) as progress:
         task = progress.add_task("search", total=total, completed=min(_done(study), total), best=_best_text(study))
 
+        ran: list[optuna.trial.FrozenTrial] = []  # this run's trials
+
         def on_trial(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+            ran.append(t)
             if t.state == TrialState.FAIL:
-                progress.console.print(
-                    f"[yellow]trial {t.number} failed:[/] {str(t.user_attrs.get(attrs.ERROR, ''))[-300:]}"
-                )
+                reason = failure_reason(t.user_attrs.get(attrs.ERROR))
+                progress.console.print(f"[yellow]trial {t.number} failed:[/] {escape(reason)}", highlight=False)
             progress.update(task, completed=min(_done(s), total), best=_best_text(s))
 
         work: dict[str, Any] = {}
@@ -270,21 +323,43 @@ def search(
                     space,
                     evaluator,
                     config=config.search_config(setup.storage, total),
+                    calibration=calibration,
                     callbacks=[on_trial],
                     heartbeat_interval=heartbeat,
                     progress=on_work,
                 )
             else:
                 _run_workers(study, study_file, setup.storage, total, workers, devices, heartbeat, on_trial)
-        except ValueError as err:
+        except BAD_INPUT as err:
             _fail(err)
     _table(study, 5)
-    out = export_dir or Path(config.export.dir or (path.parent / "out" / config.study_name))
+    _check_not_all_failed(study, ran)
     try:
         where = _export_best(setup, study, out, None)
         console.print(f"best structure exported to [bold]{where}[/]")
-    except ValueError as err:
-        console.print(f"[yellow]nothing exported:[/] {err}")
+    except BAD_INPUT as err:
+        console.print(f"[yellow]nothing exported:[/] {escape(str(err))}")
+
+
+def _check_out(out: Path) -> None:
+    """An export folder must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: export writes structure.json and weights.pt into a folder")
+
+
+def _check_not_all_failed(study: optuna.Study, ran: list[optuna.trial.FrozenTrial]) -> None:
+    """Exit non-zero when every trial of this run (or, when it ran none, of the study) failed."""
+    trials = [t for t in ran if not uncounted(t)] or [
+        t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not uncounted(t)
+    ]
+    if trials and all(t.state == TrialState.FAIL for t in trials):
+        last = failure_reason(trials[-1].user_attrs.get(attrs.ERROR))
+        _fail(
+            ValueError(
+                f"every trial failed ({len(trials)}), the last: {last} "
+                f"(each trial's full error is in its user attribute {attrs.ERROR!r})"
+            )
+        )
 
 
 def _done(study: optuna.Study) -> int:
@@ -425,7 +500,7 @@ def _export_best(
     steps = config.export.finetune_steps if finetune_steps is None else finetune_steps
     extra: dict[str, Any] = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
     extra["weights"] = weights
-    model = net.build()
+    model = net.build(calibration=setup.calibration())  # a criterion that needs data: the search's batches
     rescored = _as_scored(setup, model) if weights != "scratch" else None
     if rescored is not None:
         extra["rescored"] = rescored  # the trial's score again, on the exported weights
@@ -474,6 +549,7 @@ def _export_best(
         net.plan,
         out,
         criterion=net.criterion,
+        calibration=setup.calibration(),
         model=model,
         score=trial.values[0],
         budget=config.budget,
@@ -543,11 +619,12 @@ def export(
 ) -> None:
     """Export a trial's pruned structure (default: the best) as structure.json + weights.pt."""
     try:
+        _check_out(out)
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
         s = _load(config.study_name, url)
         where = _export_best(setup, s, out, trial, finetune, weights, report)
-    except (StudyFileError, ValueError, KeyError) as err:
+    except BAD_INPUT as err:
         _fail(err)
     console.print(f"exported to [bold]{where}[/]")
 
@@ -570,7 +647,7 @@ def show(
     try:
         config, _, url = _from_args(study_file, study, storage)
         s = _load(config.study_name, url)
-    except (StudyFileError, ValueError, KeyError) as err:
+    except BAD_INPUT as err:
         _fail(err)
     if as_json:
         rows = [
@@ -619,6 +696,37 @@ def _table(study: optuna.Study, top: int) -> None:
             f"{t.user_attrs.get(attrs.EVAL_SECONDS, 0):.1f}",
         )
     console.print(table)
+
+
+@app.command()
+def init(
+    model: str = typer.Option(
+        "pretrained:resnet20_fashion_mnist",
+        "--model",
+        help="SOURCE:NAME with SOURCE pretrained, zoo, torchvision, timm or factory (e.g. torchvision:resnet18).",
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="fashion_mnist, digits, mnist[:ROOT], cifar10:ROOT, cifar100:ROOT, image_folder:ROOT or "
+        "factory:pkg.module:function (default: fashion_mnist).",
+    ),
+    name: str = typer.Option("my_study", "--name", help="The study's name (and its database file's)."),
+    strategy: str = typer.Option("tpe", "--strategy", help="The search strategy."),
+    macs: float = typer.Option(0.5, "--macs", min=0.0, max=1.0, help="The budget: this fraction of the MACs."),
+    n_trials: int = typer.Option(150, "--n-trials", min=1, help="Evaluations in all."),
+    finetune: int = typer.Option(500, "--finetune", min=0, help="Fine-tune steps before the best is exported."),
+) -> None:
+    """Print a commented study file to start from:  autoprune init [--model ...] [--data ...] > my_study.yaml"""
+    from .template import study_template
+
+    try:
+        text = study_template(
+            model, data, name=name, strategy=strategy, macs=macs, n_trials=n_trials, finetune_steps=finetune
+        )
+    except (ValueError, StudyFileError) as err:
+        _fail(err)
+    sys.stdout.write(text)
 
 
 def main() -> None:

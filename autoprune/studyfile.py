@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .search import Budget, SearchConfig
 from .search.strategies import DEFAULT
-from .utils import did_you_mean, import_object, lookup, unknown_name
+from .utils import check_kwargs, did_you_mean, import_object, lookup, unknown_name
 
 
 class _Strict(BaseModel):
@@ -26,27 +35,89 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """The network to prune: a zoo name or a ``package.module:function`` factory, and its weights."""
+    """The network to prune: one of a zoo name, a torchvision or timm model name, a ``package.module:function``
+    factory or a shipped pretrained model, built with ``kwargs``; ``checkpoint`` (relative to the study file's
+    folder) is a saved ``state_dict`` to load into it (torchvision and timm models are built without weights)."""
 
     zoo: str | None = None
+    torchvision: str | None = None
+    timm: str | None = None
     factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
     pretrained: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
     input_shape: list[int] = Field(min_length=1)
 
+    @field_validator("zoo", "torchvision", "timm", "factory", "pretrained")
+    @classmethod
+    def _known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            builder(info.field_name, v)  # raises for a name the source does not have
+        return v
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        given = [k for k in MODEL_SOURCES if info.data.get(k) is not None]
+        if len(given) == 1 and v:
+            source, name = given[0], info.data[given[0]]
+            if source == "pretrained":
+                raise ValueError(f"model.pretrained {name} is built as it was trained: it takes no kwargs")
+            check_kwargs(builder(source, name), v, f"{source} model {name}", supplied=_SUPPLIED.get(source, ()))
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        if (self.zoo is None) == (self.factory is None) and self.pretrained is None:
-            raise ValueError("give exactly one of model.zoo, model.factory or model.pretrained")
-        if self.zoo is not None:
-            from . import zoo
-
-            if self.zoo not in zoo.MODELS:
-                raise ValueError(unknown_name(self.zoo, zoo.MODELS, "zoo model"))
+        given = [k for k in MODEL_SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            raise ValueError(f"give exactly one of {', '.join('model.' + k for k in MODEL_SOURCES)}{got}")
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ValueError(f"model.pretrained {self.pretrained} brings its weights: it takes no checkpoint")
         if any(s < 1 for s in self.input_shape):
             raise ValueError("input_shape entries must be positive")
         return self
+
+
+#: Where a study file's model can come from (``model.KEY: NAME``).
+MODEL_SOURCES = ("zoo", "torchvision", "timm", "factory", "pretrained")
+# What build_model passes itself: no weights (nor a detection model's backbone weights) are ever downloaded.
+_SUPPLIED = {"torchvision": ("weights", "weights_backbone"), "timm": ("pretrained",)}
+
+
+def builder(source: str, name: str) -> Any:
+    """The callable that builds model ``name`` of ``source`` (one of `MODEL_SOURCES`), or a ValueError naming
+    close matches and where the known names are listed."""
+    if source == "factory":
+        return import_object(name, "model factory")
+    if source == "zoo":
+        from . import zoo
+
+        return lookup(zoo.MODELS, name, "zoo model")
+    if source == "pretrained":
+        from .zoo.pretrained import PRETRAINED, pretrained
+
+        lookup(PRETRAINED, name, "pretrained model")
+        return pretrained
+    if source == "torchvision":
+        import torchvision.models
+
+        known = torchvision.models.list_models()
+        if name not in known:
+            raise ValueError(_unknown_model(name, known, "torchvision", "torchvision.models.list_models()"))
+        return torchvision.models.get_model_builder(name)
+    if source == "timm":
+        import timm
+
+        known = timm.list_models()
+        if name not in known:
+            raise ValueError(_unknown_model(name, known, "timm", "timm.list_models()"))
+        return timm.create_model
+    raise ValueError(unknown_name(source, MODEL_SOURCES, "model source"))
+
+
+def _unknown_model(name: str, known: list[str], source: str, listing: str) -> str:
+    return f"unknown {source} model {name!r}.{did_you_mean(name, known)} {listing} lists all {len(known)}"
 
 
 class DataSpec(_Strict):
@@ -143,6 +214,30 @@ class EvaluatorSpec(_Strict):
     name: str = "accuracy"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .evaluators import EVALUATORS
+
+        if v not in EVALUATORS and ":" not in v:
+            raise ValueError(unknown_name(v, EVALUATORS, "evaluator", "; or an import path 'package.module:function'"))
+        return v
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from .evaluators import EVALUATORS
+
+        name = info.data.get("name")
+        if name is None or not v:
+            return v
+        if name in EVALUATORS:  # the command passes the data (accuracy) or the example inputs (latency) itself
+            target = EVALUATORS[name]
+            check_kwargs(target, v, target.__name__, supplied=("data", "example_inputs"))
+        else:
+            check_kwargs(import_object(name, "evaluator"), v, f"evaluator {name}")
+        return v
+
 
 class StrategySpec(_Strict):
     """A registered strategy's name, or ``module:Class`` for one of your own (importable from where the command runs
@@ -157,6 +252,16 @@ class StrategySpec(_Strict):
         from .search.strategy import strategy_class
 
         strategy_class(v)  # a registered name, or an import path that names a Strategy subclass
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from .search.strategy import strategy_class
+
+        name = info.data.get("name")
+        if name is not None and v:
+            check_kwargs(strategy_class(name), v, f"strategy {name}")
         return v
 
 
@@ -182,6 +287,7 @@ class StudyFile(_Strict):
     budget: Budget | None = None
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     criterion: str = "l1"
+    calibration_batches: int = Field(default=4, gt=0)  # for a criterion that needs data: training batches of 64
     n_trials: int = Field(default=50, gt=0)
     seed: int = 0
     round_to: int = Field(default=1, gt=0)
@@ -212,7 +318,7 @@ class StudyFile(_Strict):
             storage=storage,
             criterion=self.criterion,
             seed=self.seed,
-            n_trials=n_trials or self.n_trials,
+            n_trials=self.n_trials if n_trials is None else n_trials,
             multi_objective=self.multi_objective,
             max_sparsity=self.max_sparsity,
             verify_latency=self.verify_latency,
@@ -308,18 +414,175 @@ def _line_of(text: str, loc: tuple) -> int | None:
 
 
 def build_model(spec: ModelSpec, base_dir: Path) -> torch.nn.Module:
-    if spec.pretrained is not None:
-        from .zoo.pretrained import pretrained
-
-        return pretrained(spec.pretrained)
-    if spec.zoo is not None:
-        from . import zoo
-
-        model = zoo.create_model(spec.zoo, **spec.kwargs)
-    else:
-        model = import_object(spec.factory, "model factory")(**spec.kwargs)
+    """The study file's model with its ``checkpoint`` loaded (relative to ``base_dir``), in eval mode."""
+    source = next(k for k in MODEL_SOURCES if getattr(spec, k) is not None)
+    name = getattr(spec, source)
+    if source == "pretrained":
+        return builder(source, name)(name)
+    model = _build(source, name, spec.kwargs)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         path = path if path.is_absolute() else base_dir / path
-        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        state = read_state_dict(path)
+        _check_fits(model, state, path, source, name, spec.kwargs)
+        model.load_state_dict(state)
     return model.eval()
+
+
+def _build(source: str, name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    make = builder(source, name)
+    try:
+        if source == "torchvision":  # no download: the weights come from model.checkpoint
+            import inspect
+
+            none = {k: None for k in _SUPPLIED[source] if k in inspect.signature(make).parameters}
+            return make(**none, **kwargs)
+        if source == "timm":
+            return make(name, pretrained=False, **kwargs)
+        return make(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"cannot build {source} model {name} with kwargs {kwargs}: {type(err).__name__}: {err}"
+        ) from err
+
+
+#: Keys under which training scripts commonly save the model's state_dict next to other things (optimiser, epoch).
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+_SAVE = "save it with torch.save(model.state_dict(), path)"
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file's state_dict, loaded with ``weights_only=True``: a plain state_dict, or a dict holding one
+    under one of `STATE_DICT_KEYS` (a DataParallel ``module.`` prefix is dropped). A clear ValueError otherwise."""
+    import pickle
+    import re
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model.checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = str(err).split("\n")[0]
+        if found:
+            what = f"it pickles {found.group(1)}, which loading with weights_only refuses"
+        raise ValueError(f"model.checkpoint {path} is not a plain state_dict: {what}; {_SAVE}") from None
+    except Exception as err:  # noqa: BLE001 - not a torch file at all
+        raise ValueError(
+            f"cannot read model.checkpoint {path} as a torch file ({type(err).__name__}: {err}); {_SAVE}"
+        ) from None
+    state = obj
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        state = next((obj[k] for k in STATE_DICT_KEYS if k in obj and _is_state_dict(obj[k])), None)
+    if not _is_state_dict(state):
+        keys = f" with keys {', '.join(map(repr, list(obj)[:8]))}" if isinstance(obj, dict) else ""
+        raise ValueError(
+            f"model.checkpoint {path} holds a {type(obj).__name__}{keys}, not a state_dict (nor a dict with one under "
+            f"{', '.join(map(repr, STATE_DICT_KEYS))}); {_SAVE}"
+        )
+    if all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _mismatch(own: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys, and shape mismatches (``key: checkpoint (..) vs model (..)``)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def _check_fits(
+    model: torch.nn.Module, state: dict, path: Path, source: str, name: str, kwargs: dict[str, Any]
+) -> None:
+    """A ValueError naming the first missing / unexpected keys and shape mismatches when ``state`` is not a
+    state_dict of ``model``, with the models or kwargs it does fit (tried on the meta device)."""
+    missing, unexpected, shapes = _mismatch(model.state_dict(), state)
+    if not (missing or unexpected or shapes):
+        return
+    parts = [
+        f"{label} {_few(items)}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        if items
+    ]
+    fits = _fitting(source, name, kwargs, state)
+    hint = (
+        f"It fits {' or '.join(fits)}"
+        if fits
+        else "Is it the checkpoint of another model, or of the same model with other model.kwargs?"
+    )
+    raise ValueError(
+        f"model.checkpoint {path} is not a state_dict of {source} model {name} (kwargs {kwargs}): "
+        f"{'; '.join(parts)}. {hint}"
+    )
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def _fitting(source: str, name: str, kwargs: dict[str, Any], state: dict, limit: int = 8) -> list[str]:
+    """Study-file models (``source`` NAME and kwargs) whose state_dict ``state`` fits: the same model with the
+    checkpoint's number of classes, and models of ``source`` with close names. Built on the meta device (no memory,
+    no initialisation cost)."""
+    import difflib
+
+    variants = [dict(kwargs)]
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+    if weights and kwargs.get("num_classes") != int(weights[-1].shape[0]):  # the classifier's outputs
+        variants.append({**kwargs, "num_classes": int(weights[-1].shape[0])})
+    tries = [(name, kw) for kw in variants[1:]]
+    if source in ("zoo", "torchvision", "timm"):
+        try:
+            known = _names(source)
+        except Exception:  # noqa: BLE001 - no listing: only the kwargs are tried
+            known = []
+        for other in difflib.get_close_matches(name, known, n=limit, cutoff=0.5):
+            if other != name:
+                tries += [(other, kw) for kw in variants]
+    fits = []
+    for other, kw in tries:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                candidate = _build(source, other, kw)
+        except Exception:  # noqa: BLE001 - a candidate that does not build is not a fit
+            continue
+        if not any(_mismatch(candidate.state_dict(), state)):
+            changed = {k: v for k, v in kw.items() if kwargs.get(k) != v}
+            fits.append(
+                " with ".join(
+                    ([f"{source} model {other}"] if other != name else [])
+                    + ([f"model.kwargs {', '.join(f'{k}: {v}' for k, v in changed.items())}"] if changed else [])
+                )
+            )
+            break  # the first fit: the same model with other kwargs, else the closest name
+    return fits
+
+
+def _names(source: str) -> list[str]:
+    if source == "zoo":
+        from . import zoo
+
+        return list(zoo.MODELS)
+    if source == "torchvision":
+        import torchvision.models
+
+        return torchvision.models.list_models()
+    import timm
+
+    return timm.list_models()

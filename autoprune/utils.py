@@ -36,6 +36,49 @@ def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
         raise ValueError(unknown_name(name, sorted(registry), what)) from None
 
 
+def check_kwargs(target: Any, kwargs: Mapping[str, Any], what: str, *, supplied: Iterable[str] = ()) -> None:
+    """Raise ValueError ``no option 'x' for WHAT; allowed: ...`` for a keyword of ``kwargs`` that the callable
+    ``target`` (a function or a class) does not take. ``supplied``: keywords the caller passes itself (not allowed
+    here). A callable that takes ``**kwargs`` is checked against the class its return annotation names (a builder
+    such as ``resnet20(**kwargs) -> ResNetCIFAR``); when there is no such class nothing is checked."""
+    allowed = _keywords(target)
+    if allowed is None or not kwargs:
+        return
+    supplied = set(supplied)
+    allowed = [k for k in allowed if k not in supplied]
+    for key in kwargs:
+        if key not in allowed:
+            close = did_you_mean(key, allowed, n=1)
+            raise ValueError(f"no option {key!r} for {what}; allowed: {', '.join(allowed) or 'none'}.{close}")
+
+
+def _keywords(target: Any, depth: int = 0) -> list[str] | None:
+    """The keyword arguments ``target`` takes (None: any, or unknown)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    named = [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and (depth == 0 or p.default is not p.empty)
+    ]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return named
+    if depth or isinstance(target, type):
+        return None
+    try:  # a builder that passes **kwargs on to the class it returns
+        returns = inspect.signature(target, eval_str=True).return_annotation
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: nothing to follow
+        return None
+    if not isinstance(returns, type) or returns.__init__ is object.__init__:
+        return None
+    inner = _keywords(returns, depth + 1)
+    return None if inner is None else named + [k for k in inner if k not in named]
+
+
 def import_object(spec: str, what: str = "object") -> Any:
     """Import ``package.module:attribute`` (the attribute may be dotted: ``module:Class.method``)."""
     module_name, _, attribute = str(spec).partition(":")

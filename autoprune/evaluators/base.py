@@ -69,13 +69,17 @@ def _to_python_scalar(value: Any) -> Any:
     return value
 
 
-def _check_score(score: Any) -> float:
+def _check_score(score: Any, what: str = "") -> float:
     score = _to_python_scalar(score)
     if isinstance(score, bool) or not isinstance(score, numbers.Real):
-        raise TypeError(f"an evaluator's score must be a real number, got {type(score).__name__}: {score!r}")
+        shown = repr(score) if len(repr(score)) <= 60 else repr(score)[:57] + "..."
+        kind = "" if score is None else f"{type(score).__name__} "
+        raise TypeError(
+            f"evaluator returned {what}{kind}{shown}; a score must be a real number (or {{'score': number, ...}})"
+        )
     value = float(score)
     if not math.isfinite(value):
-        raise ValueError(f"an evaluator's score must be finite, got {value}")
+        raise ValueError(f"evaluator returned {what}{value}; a score must be a finite number")
     return value
 
 
@@ -90,9 +94,12 @@ def normalize_result(result: Any) -> tuple[float, dict[str, Any]]:
     if isinstance(result, Mapping):
         if "score" not in result:
             keys = ", ".join(map(repr, result)) or "none"
-            raise ValueError(f"an evaluator returned a dict without a 'score' key (keys: {keys})")
+            raise ValueError(
+                f"evaluator returned a dict without a 'score' key (keys: {keys}); return a number or "
+                "{'score': number, ...}"
+            )
         extras = {str(key): _to_python_scalar(value) for key, value in result.items() if key != "score"}
-        return _check_score(result["score"]), extras
+        return _check_score(result["score"], "a score of "), extras
     return _check_score(result), {}
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..utils import did_you_mean
+from ..utils import check_kwargs, did_you_mean
 from .budget import Budget
 from .strategies import DEFAULT
 
@@ -20,7 +20,8 @@ class SearchConfig:
     the study records it (see :data:`autoprune.search.attrs.CONFIG`) and refuses a run that differs.
 
     Attributes:
-        budget: the limits the pruned model must meet (None: no limit, e.g. a multi-objective search).
+        budget: the limits the pruned model must meet (None: no limit, e.g. a multi-objective search); a mapping
+            such as ``{"macs": 0.5}`` is taken as ``Budget(macs=0.5)``.
         strategy: a registered strategy's name (``autoprune.STRATEGIES``) or a :class:`Strategy` object.
         strategy_options: keyword arguments of the strategy's constructor (with a name).
         study_name: the Optuna study's name.
@@ -48,8 +49,14 @@ class SearchConfig:
     latency_margin: float = 0.03
 
     def __post_init__(self) -> None:
+        if isinstance(self.budget, Mapping):  # {"macs": 0.5}: the Budget it spells (its keys checked)
+            check_kwargs(Budget, self.budget, "Budget")
+            object.__setattr__(self, "budget", Budget(**self.budget))
         if self.budget is not None and not isinstance(self.budget, Budget):
-            raise TypeError(f"budget must be an autoprune.Budget, e.g. Budget(macs=0.5); got {self.budget!r}")
+            raise TypeError(
+                f"budget must be an autoprune.Budget or a mapping of its fields: use ap.Budget(macs=0.5); "
+                f"got {type(self.budget).__name__} {self.budget!r}"
+            )
         if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or self.n_trials < 1:
             raise ValueError(f"n_trials must be a positive integer, got {self.n_trials!r}")
         if not 0 < self.max_sparsity < 1:

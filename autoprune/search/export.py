@@ -71,6 +71,8 @@ def export(
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; choose from 'pt2', 'onnx'")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: export writes structure.json and weights.pt into a folder")
     out.mkdir(parents=True, exist_ok=True)
     keep = space.keep_indices(plan, criterion, calibration=calibration)
     indices = space.parameter_indices(keep)
@@ -117,7 +119,17 @@ def load(out_dir: str | Path, base_model: nn.Module) -> nn.Module:
     path = out / STRUCTURE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: point load() at a directory written by autoprune.export")
-    structure = json.loads(path.read_text())
+    try:
+        structure = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a valid autoprune structure file (truncated?): {err}") from None
+    needed = ("base_fingerprint", "layers", "attributes")
+    missing = [k for k in needed if not isinstance(structure, dict) or k not in structure]
+    if missing:
+        raise ValueError(
+            f"{path} is not a valid autoprune structure file (truncated?): it has no {', '.join(missing)}; "
+            "write it with autoprune.export"
+        )
     if structure.get("base_fingerprint") != _architecture(base_model):
         raise ValueError(
             f"{path} was exported from a different architecture (fingerprint {structure.get('base_fingerprint')}, "
@@ -132,7 +144,13 @@ def load(out_dir: str | Path, base_model: nn.Module) -> nn.Module:
         for k, v in attrs.items():
             setattr(modules[mod], k, tuple(v) if isinstance(v, list) else v)
     update_widths(model)
-    state = torch.load(out / WEIGHTS, weights_only=True, map_location="cpu")
+    weights = out / WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} not found: load() needs the weights autoprune.export wrote beside {path}")
+    try:
+        state = torch.load(weights, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise ValueError(f"{weights} is not a valid autoprune weights file (truncated?): {err}") from None
     model.load_state_dict(state)
     return model.eval()
 

@@ -91,12 +91,37 @@ def make_storage(
         path = Path(url.removeprefix("journal:"))
         if not create and not path.exists():
             raise StorageError(f"no journal file {path}: run `autoprune study create` first")
+        _check_journal(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     raise StorageError(
         f"unsupported storage {redact(url)!r}: use sqlite:///file.db (one process), journal:file.journal "
         "(several processes on one machine) or postgresql://user:pass@host/db (several machines)"
     )
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a path that exists and is not an Optuna journal file (a folder, another file), which Optuna would
+    fail to read (or append its records to)."""
+    import json
+
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StorageError(f"journal storage {path} is a folder, not a journal file: name a file, e.g. {path}.journal")
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16)
+    if not first.strip() or (first.startswith(b"{") and not first.endswith(b"\n")):
+        return  # empty (a new journal), or its first record being written by another process
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and "op_code" in record):
+        raise StorageError(
+            f"journal storage {path} exists and is not an Optuna journal file (its first line is no journal record): "
+            "name a new file, or the journal of the study"
+        )
 
 
 def load_existing(storage: str | BaseStorage, study_name: str) -> optuna.Study:
@@ -162,6 +187,35 @@ def storage_file(storage: BaseStorage) -> Path | None:
 
 def is_sqlite(storage: BaseStorage) -> bool:
     return (getattr(_unwrapped(storage), "url", "") or "").startswith("sqlite:")
+
+
+def failure(err: BaseException, limit: int = 4000) -> str:
+    """What a failed trial records (:data:`~autoprune.search.attrs.ERROR`): the exception's type and message on
+    the first line, then its traceback (the end of it, within ``limit`` characters)."""
+    import traceback
+
+    head = reason_of(err)
+    tb = "".join(traceback.format_exception(err))
+    return f"{head}\n\n{tb[-max(limit - len(head) - 2, 0) :]}"
+
+
+def reason_of(err: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    message = " ".join(str(err).split())
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def failure_reason(text: object, limit: int = 300) -> str:
+    """One line that says why a trial failed, from what it recorded: its first line (the exception's type and
+    message), or, for a bare traceback (studies recorded before), its last non-empty line."""
+    text = str(text or "").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "no reason recorded"
+    ours = text.find("\n\nTraceback (most recent call last)") > 0
+    bare = not ours and ("Traceback (most recent call last)" in text or '  File "' in text)
+    line = lines[-1] if bare else lines[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def uncounted(t: optuna.trial.FrozenTrial) -> bool:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import time
-import traceback
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -30,6 +29,7 @@ from .ledger import (
     Liveness,
     StorageError,
     counted,
+    failure,
     heartbeat,
     is_sqlite,
     is_task,
@@ -361,10 +361,19 @@ def _run_trial(
             trial.set_user_attr(attrs.MEASURED_CLEAN, measured["clean"])
             trial.set_user_attr(attrs.LATENCY_SCALE, projector.latency_scale)
             trial.set_constraint("latency_ms", projector.measured_excess(measured))
-        score, extras = normalize_result(evaluator(model))
+        result = evaluator(model)
+        try:
+            score, extras = normalize_result(result)
+        except (TypeError, ValueError) as err:  # what it returned is no score: say so in one line
+            raise _NoScore(str(err)) from None
         strat.after_evaluation(ctx, trial, model)
+    except _NoScore as err:
+        trial.set_user_attr(attrs.ERROR, str(err))
+        trial.set_user_attr(attrs.EVAL_SECONDS, time.perf_counter() - t0)
+        log.warning("trial %d failed: %s", trial.number, err)
+        return TrialState.FAIL, None
     except Exception as err:  # noqa: BLE001 - a failing evaluator fails its trial, not the study
-        trial.set_user_attr(attrs.ERROR, "".join(traceback.format_exception(err))[-4000:])
+        trial.set_user_attr(attrs.ERROR, failure(err))
         trial.set_user_attr(attrs.EVAL_SECONDS, time.perf_counter() - t0)
         log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
         return TrialState.FAIL, None
@@ -375,6 +384,10 @@ def _run_trial(
     return TrialState.COMPLETE, ([score, float(costs["macs"])] if multi_objective else [score])
 
 
+class _NoScore(ValueError):
+    """An evaluator returned something that is not a score (recorded as its one-line message, no traceback)."""
+
+
 def _run_task(trial: optuna.Trial, ctx: SearchContext, strat: Strategy) -> TrialState:
     """Run a strategy's task trial: PRUNED when done (never counted), FAIL with the error recorded."""
     trial.set_user_attr(attrs.STRATEGY, strat.name)
@@ -382,7 +395,7 @@ def _run_task(trial: optuna.Trial, ctx: SearchContext, strat: Strategy) -> Trial
     try:
         strat.run_task(ctx, trial)
     except Exception as err:  # noqa: BLE001 - recorded; the strategy decides what a failed task means
-        trial.set_user_attr(attrs.ERROR, "".join(traceback.format_exception(err))[-4000:])
+        trial.set_user_attr(attrs.ERROR, failure(err))
         log.warning("task %d (%s) failed: %s: %s", trial.number, trial.user_attrs[attrs.TASK], type(err).__name__, err)
         return TrialState.FAIL
     finally:

@@ -52,6 +52,7 @@ from ...evaluators.accuracy import _as_source, _random_batches, recalibrate_batc
 from ...utils import num_threads
 from .. import attrs
 from ..artifacts import artifact_store, load_state, remove, save_state
+from ..ledger import failure_reason
 from ..pruningnet import FORMS, PruningNet, PruningNetTrainer, check_training, width_choices
 from ..queue import enqueue_batch, enqueue_task
 from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly, space_over
@@ -313,8 +314,8 @@ class MetaPruning(Strategy):
             return Action.WAIT
         failed = [t for t in tasks if t.state == TrialState.FAIL and not t.user_attrs.get(attrs.STALE)]
         if failed:
-            error = str(failed[-1].user_attrs.get(attrs.ERROR, "")).strip().splitlines()
-            raise ValueError(f"PruningNet training failed (trial {failed[-1].number}): {error[-1] if error else ''}")
+            error = failure_reason(failed[-1].user_attrs.get(attrs.ERROR))
+            raise ValueError(f"PruningNet training failed (trial {failed[-1].number}): {error}")
         if ctx.train_data is None:
             raise ValueError(
                 "MetaPruning trains its PruningNet on training data: use the accuracy evaluator with train_data, "
