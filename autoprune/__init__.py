@@ -2,6 +2,7 @@
 
 from . import agents, zoo  # agents registers the AMC environment and strategy
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params
+from .report import Report, compare
 from .search import (
     STRATEGIES,
     Budget,
@@ -33,6 +34,8 @@ __all__ = [
     "trial_network",
     "export",
     "load",
+    "compare",
+    "Report",
     "STRATEGIES",
     "Strategy",
     "zoo",

@@ -487,7 +487,7 @@ def _export_best(
     card (REPORT.md and PNGs beside it, the figures in structure.json) unless ``report`` is False."""
     import autoprune as ap
 
-    from .report import report as measure
+    from .report import compare
 
     if trial_number is None:
         trial = ap.best_trial(study)
@@ -529,7 +529,7 @@ def _export_best(
             g.name: [int(k), g.channels] for g, k in zip(setup.space.groups, setup.space.kept_counts(net.plan))
         }
         batch = int(config.evaluator.kwargs.get("batch_size", 256))
-        result = measure(
+        result = compare(
             setup.model,
             model,
             setup.inputs,

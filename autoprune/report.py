@@ -1,6 +1,6 @@
 """The result card: what a pruned model is worth, measured against the model it came from.
 
-:func:`report` measures both networks the same way on this machine — test
+`compare(base, pruned, inputs, test=...)` measures both networks the same way on this machine — test
 accuracy (when there is test data), MACs, parameters, the size of the saved
 weights, and forward latency at batch 1 and at a larger batch, timed side by
 side with the same timer (blocks another process disturbed are dropped) — and
@@ -35,7 +35,7 @@ def saved_bytes(model: nn.Module) -> int:
 
 @dataclass
 class Report:
-    """Figures of an unpruned and a pruned network (see :func:`report`); ``figures`` is plain JSON."""
+    """Figures of an unpruned and a pruned network (see :func:`compare`); ``figures`` is plain JSON."""
 
     figures: dict[str, Any]
     history: list[tuple[int, float]] = field(default_factory=list)
@@ -202,7 +202,7 @@ class Report:
         return paths
 
 
-def report(
+def compare(
     base: nn.Module,
     pruned: nn.Module,
     example_inputs: Any,
