@@ -599,3 +599,74 @@ def test_fashion_mnist_data_section_keeps_its_split(fmnist_pixels) -> None:
     assert torch.equal(default.val.tensors[1], normalised.val.tensors[1])  # the same seeded val split
     x = normalised.train.tensors[0]
     assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
+
+
+# ------------------------------------------------------------------ through the CLI, to the result card
+
+CLI_STUDY = """\
+study_name: own
+model:
+  zoo: resnet20
+  kwargs: {{in_channels: {channels}, stage_widths: [8, 16, 32]}}
+  input_shape: [1, {channels}, {size}, {size}]
+data:
+{data}
+evaluator:
+  name: accuracy
+  kwargs: {{bn_recalibration_batches: 2, recalibration_batch_size: 32, batch_size: 64}}
+budget: {{macs: 0.5}}
+strategy: {{name: random}}
+n_trials: 2
+threads: 1
+export: {{finetune_steps: 5}}
+"""
+
+CLI_FACTORY = """
+import torch
+from torch.utils.data import TensorDataset
+
+
+def splits(n=120):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 12, 12, generator=g), torch.arange(n) % 4
+    return {"train": TensorDataset(x[:80], y[:80]), "test": TensorDataset(x[80:], y[80:])}
+"""
+
+
+@pytest.mark.parametrize("source", ["image_folder", "cifar10", "factory"])
+def test_autoprune_search_on_a_users_data_ends_with_the_result_card(tmp_path, fmnist_pixels, source) -> None:
+    import json
+    import subprocess
+
+    pixels, labels = fmnist_pixels
+    if source == "image_folder":  # one folder of PNGs: val and test held out of it by fractions
+        write_folder(tmp_path / "images", pixels[:240], labels[:240])
+        spec, channels, size = "dataset: image_folder\nroot: images\nval_fraction: 0.2\ntransforms: [grayscale]", 1, 28
+    elif source == "cifar10":
+        write_cifar(tmp_path / "cifar", "cifar10", np.random.default_rng(0))
+        spec, channels, size = (
+            "dataset: cifar10\nroot: cifar\nval_size: 20\ntransforms: [{normalize: auto}, hflip]",
+            3,
+            32,
+        )
+    else:
+        (tmp_path / "own_data.py").write_text(CLI_FACTORY)  # next to the study file: importable from there
+        spec, channels, size = 'factory: "own_data:splits"\nkwargs: {n: 120}\nval_size: 16', 1, 12
+    study = tmp_path / "own.yaml"
+    study.write_text(CLI_STUDY.format(data=textwrap.indent(spec, "  "), channels=channels, size=size))
+    run = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", str(study)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    out = tmp_path / "out" / "own"
+    card = json.loads((out / "structure.json").read_text())["report"]
+    assert card["finetune"]["steps"] == 5 and card["pruned"]["macs"] <= 0.5 * card["unpruned"]["macs"]
+    for key in ("unpruned", "pruned"):  # scored on the held-out test data of that source
+        assert 0 <= card[key]["test_accuracy"] <= 1
+    assert "test accuracy" in (out / "REPORT.md").read_text()
