@@ -82,14 +82,18 @@ def test_the_wheel_runs_init_and_a_search_from_an_empty_directory(tmp_path):
         text=True,
     )
     assert install.returncode == 0, install.stderr
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}  # no PYTHONPATH
     where = subprocess.run(
-        [str(python), "-c", "import autoprune; print(autoprune.__file__)"], capture_output=True, text=True, cwd=tmp_path
+        [str(python), "-c", "import autoprune; print(autoprune.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert where.stdout.strip().startswith(str(purelib)), where.stdout + where.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
     init = subprocess.run(
         [str(venv / "bin" / "autoprune"), "init", "--name", "smoke", "--n-trials", "3", "--finetune", "20"],
         capture_output=True,
