@@ -120,13 +120,18 @@ def start_search(
 
 
 def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int, options: Any = None) -> None:
-    """Start the search script and SIGKILL it once ``completed`` trials are done and another is RUNNING."""
-    import datetime
+    """Start the search script and SIGKILL it inside the evaluation of the trial after ``completed`` done ones.
+
+    The script's evaluator holds (blocks) in its ``completed + 1``-th call and says so through a file, so the kill
+    lands mid-evaluation, with the trial's plan recorded, however loaded the machine is: the test waits on that
+    condition, never on time. ``pause`` is the script's per-evaluation pause (kept for the trials before).
+    """
     import json
     import os
     import signal
     import subprocess
     import sys
+    import tempfile
     import time
 
     import optuna
@@ -134,33 +139,27 @@ def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, complet
     from optuna.trial import TrialState
 
     extra = [json.dumps(options)] if options is not None else []
+    folder = __import__("pathlib").Path(tempfile.mkdtemp())
+    held, log = folder / "held", open(folder / "stderr", "w+")
     proc = subprocess.Popen(
         [sys.executable, str(SEARCH_SCRIPT), url, str(n_trials), str(pause), strategy, "search", *extra],
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "AUTOPRUNE_TEST_HOLD": f"{held}:{completed + 1}"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     deadline = time.time() + 900  # a guard against a hung search, not a speed limit: a loaded machine is slow
-    while time.time() < deadline:
-        try:
-            trials = optuna.load_study(study_name="digits", storage=url).trials
-        except KeyError:
-            trials = []
-        # Kill early in a trial's evaluation (it runs at least ``pause`` seconds), so it cannot complete while the
-        # signal is sent: once its plan is recorded, every parameter has been written.
-        running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]
-        if (
-            sum(t.state == TrialState.COMPLETE for t in trials) >= completed
-            and running
-            and (datetime.datetime.now() - running[-1].datetime_start).total_seconds() < 0.8 * pause
-        ):
-            break
+    while not held.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            log.seek(0)
+            pytest.fail(f"the {strategy} search subprocess stopped before its hold: {log.read()[-2000:]}")
         time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"the {strategy} search subprocess made no progress")
+    trials = optuna.load_study(study_name="digits", storage=url).trials
+    running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= completed and running, "held outside a trial"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    log.close()
 
 
 @contextlib.contextmanager

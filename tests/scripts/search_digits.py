@@ -7,8 +7,10 @@ the strategy's options below.
 """
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,7 +53,17 @@ def main() -> None:
         finetune_batch_size=64,
     )
 
+    # AUTOPRUNE_TEST_HOLD=PATH:N: the N-th evaluation writes PATH and blocks, for a test to SIGKILL this process
+    # inside a trial (see tests/helpers.py's kill_mid_trial).
+    hold_path, _, hold_at = os.environ.get("AUTOPRUNE_TEST_HOLD", "").partition(":")
+    calls = [0]
+
     def slow(model):
+        calls[0] += 1
+        if hold_path and calls[0] == int(hold_at):
+            Path(hold_path).write_text("held")
+            while True:
+                time.sleep(1)
         result = evaluator(model)
         time.sleep(pause)
         return result
