@@ -69,7 +69,9 @@ class Setup:
         if self._calibration is None:
             from torch.utils.data import DataLoader
 
-            loader = DataLoader(self.splits().train, batch_size=64, shuffle=False)
+            loader = DataLoader(
+                self.splits().train, batch_size=64, shuffle=False, num_workers=self.config.data.num_workers
+            )
             self._calibration = [batch for batch, _ in zip(loader, range(self.config.calibration_batches))]
         return self._calibration
 
@@ -125,6 +127,7 @@ def _evaluator(setup: Setup, device: str | None = None, **overrides: Any):  # no
     if config.evaluator.name == "accuracy":
         splits = setup.splits()
         kwargs.setdefault("train_data", splits.train)
+        kwargs.setdefault("num_workers", config.data.num_workers)
         return resolve_evaluator("accuracy", data=splits.val, **kwargs)
     if config.evaluator.name == "latency":
         kwargs.setdefault("example_inputs", torch.zeros(config.model.input_shape))
@@ -432,8 +435,8 @@ def _meets(t: optuna.trial.FrozenTrial) -> bool:
 
 def _accuracy_options(config: StudyFile) -> dict[str, Any]:
     """The accuracy evaluator's options that say how to run a network (not what to score it on)."""
-    keys = ("device", "threads", "bf16", "channels_last", "batch_size")
-    return {k: v for k, v in config.evaluator.kwargs.items() if k in keys}
+    keys = ("device", "threads", "bf16", "channels_last", "batch_size", "num_workers")
+    return {"num_workers": config.data.num_workers, **{k: v for k, v in config.evaluator.kwargs.items() if k in keys}}
 
 
 def _as_scored(setup: Setup, model: torch.nn.Module) -> float | None:

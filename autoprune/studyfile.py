@@ -127,7 +127,8 @@ class DataSpec(_Strict):
     ``cifar100`` read from ``root``, or ``image_folder``: a folder of class folders at ``root``); ``factory`` names
     a ``package.module:function`` of yours instead, called with ``kwargs``. A relative ``root`` is relative to the
     study file's folder. ``transforms`` are named (see `autoprune.data.transforms`); ``num_workers`` is the
-    DataLoader worker count, passed on as ``Splits.num_workers``.
+    number of processes that load (decode, transform) samples for the evaluator, the fine-tune and a data-driven
+    criterion's calibration batches; the batches are the same with any count.
     """
 
     dataset: Literal["fashion_mnist", "digits", "mnist", "cifar10", "cifar100", "image_folder"] | None = "fashion_mnist"

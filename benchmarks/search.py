@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
-import tempfile
+import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -100,12 +101,51 @@ def _generations(done: list) -> list[dict]:
     return [{"n": len(v), "best": max(v), "mean": sum(v) / len(v)} for _, v in sorted(by.items())]
 
 
-def long_search(name: str, budget: float, trials: int, threads: int, folder: str, metapruning_steps: int) -> dict:
+def _job(folder: str, key: str, fn: Any, *args: Any) -> dict:
+    """Run ``fn(*args)`` in a worker, or return its recorded result: each finished search and fine-tune is kept as
+    ``folder/key.json`` (with the date and commit it was measured at), so an interrupted invocation re-run with the
+    same options continues where it stopped instead of starting over."""
+    path = Path(folder) / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(1)
+    result = fn(*args)
+    result["measured"] = {"date": str(date.today()), "commit": _commit()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    return result
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _space() -> ap.PruningSpace:
+    return ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
+
+
+def run_search(
+    key: str, name: str, budget: float, trials: int, folder: str, options: dict, netadapt_finetune: int
+) -> dict:
     """One strategy's search of ``trials`` evaluations at ``budget`` (in a worker process): its best plan's scores,
-    and for a strategy with phases (AMC) or generations (MetaPruning) the scores of each."""
-    torch.set_num_threads(threads)
-    space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
-    search_eval, test_eval = _evaluators(fashion_mnist_splits())
+    and for a strategy with phases (AMC), generations (MetaPruning) or iterations (NetAdapt) the scores of each.
+    A strategy that scores weights of its own also gives its plan on the original weights, and its network is
+    saved beside the result for the equal-compute fine-tune."""
+    space = _space()
+    data = fashion_mnist_splits()
+    search_eval, test_eval = _evaluators(data)
+    if name == "netadapt":
+        search_eval = AccuracyEvaluator(
+            data.val, train_data=data.train, batches=8, bn_recalibration_batches=10, finetune_steps=netadapt_finetune
+        )
+    studies = Path(folder) / "studies"
+    studies.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     study = ap.search(
         space,
@@ -113,8 +153,8 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
         ap.Budget(macs=budget),
         strategy=name,
         n_trials=trials,
-        strategy_options=_options(name, metapruning_steps),
-        storage=f"sqlite:///{Path(folder) / f'{name}-{budget}.db'}",
+        strategy_options=options,
+        storage=f"sqlite:///{studies / f'{key}.db'}",
         study_name=name,
         seed=0,
     )
@@ -124,15 +164,17 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
     phases: dict[str, list[float]] = {}
     for t in sorted(done, key=lambda t: t.number):
         phases.setdefault(t.user_attrs.get(attrs.PHASE) or "", []).append(t.values[0])
-    plan_test = test_eval(space.apply(best.user_attrs["plan"]))["accuracy"]
+    plan = best.user_attrs["plan"]
+    plan_test = test_eval(space.apply(plan))["accuracy"]
     own = name in OWN_WEIGHTS
-    return {
+    result = {
         "name": name,
         "budget": budget,
         "evaluations": len(done),
         "val": best.values[0],
-        "test": test_eval(ap.trial_network(study, best, space).build())["accuracy"] if own else plan_test,
-        "plan_test": plan_test if own else None,
+        "plan": plan,
+        "test": plan_test,
+        "plan_test": None,
         "macs": best.user_attrs["macs"],
         "params": best.user_attrs["params"],
         "seconds": seconds,
@@ -147,6 +189,50 @@ def long_search(name: str, budget: float, trials: int, threads: int, folder: str
         },
         "generations": _generations(done) if name == "metapruning" else [],
     }
+    if own:
+        network = ap.trial_network(study, best, space).build()
+        result["test"], result["plan_test"] = test_eval(network)["accuracy"], plan_test
+        result["network"] = f"{key}.pt"
+        torch.save(network, Path(folder) / result["network"])
+    if name == "netadapt":
+        feasible = [n for n, t in enumerate(done, 1) if all(c <= 0 for c in t.constraints.values())]
+        result["first_feasible"] = feasible[0] if feasible else None
+        result["iterations"] = len({t.user_attrs["netadapt"]["iteration"] for t in done})
+        result["steps"] = netadapt_finetune * len(done)
+    return result
+
+
+def run_torch_pruning(budget: float) -> dict:
+    """Torch-Pruning's global ranking at ``budget``, scored like every row."""
+    space = _space()
+    search_eval, test_eval = _evaluators(fashion_mnist_splits())
+    t0 = time.perf_counter()
+    x = torch.zeros(1, 1, 28, 28)
+    model = torch_pruning_global(space.model, x, ap.Budget(macs=budget).targets(space)["macs"])
+    return {
+        "name": "Torch-Pruning global L2",
+        "evaluations": 1,
+        "val": search_eval(copy.deepcopy(model))["accuracy"],
+        "test": test_eval(copy.deepcopy(model))["accuracy"],
+        "macs": ap.count_macs(model, x),
+        "params": ap.count_params(model),
+        "seconds": time.perf_counter() - t0,
+        "macs_target": ap.Budget(macs=budget).targets(space)["macs"],
+    }
+
+
+def run_finetune(row: dict, folder: str, steps: int) -> dict:
+    """Fine-tune one row's best network once with ``steps`` SGD steps and score it on the test set."""
+    space = _space()
+    data = fashion_mnist_splits()
+    if row.get("network"):
+        model = torch.load(Path(folder) / row["network"], weights_only=False)
+    elif row.get("plan") is not None:
+        model = space.apply(row["plan"])
+    else:  # Torch-Pruning's row: rebuilt (its bisection is deterministic)
+        model = torch_pruning_global(space.model, torch.zeros(1, 1, 28, 28), row["macs_target"])
+    tune_eval = AccuracyEvaluator(data.test, train_data=data.train, bn_recalibration_batches=10, finetune_steps=steps)
+    return {"test": tune_eval(model)["accuracy"], "steps": steps}
 
 
 def main() -> None:
@@ -164,7 +250,6 @@ def main() -> None:
         help="MetaPruning's PruningNet training steps (128 images each; reported in its row)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="searches run at once (one thread each)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--netadapt-finetune",
         type=int,
@@ -184,126 +269,98 @@ def main() -> None:
         default=0.12,
         help="NetAdapt's first resource reduction (fraction of the original per iteration)",
     )
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "benchmarks" / "results" / "search"),
+        help="where each finished search and fine-tune is recorded; a re-run with the same options reuses them "
+        "and runs only what is missing",
+    )
+    parser.add_argument("--fresh", action="store_true", help="forget the recorded results and measure everything")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    long_dir = tempfile.mkdtemp()
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for old in [*folder.glob("*.json"), *folder.glob("*.pt"), *folder.glob("studies/*.db")]:
+            old.unlink()
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def search_job(section: str, name: str, budget: float, trials: int):
+        options = _options(name, args.metapruning_steps)
+        trials = 1 if name == "uniform" else trials
+        key = f"{section}-{name}-{budget}-{trials}"
+        if name == "metapruning":
+            key += f"-steps{args.metapruning_steps}"
+        if name == "netadapt":
+            options = {"initial_reduction": args.netadapt_reduction}
+            key += f"-ft{args.netadapt_finetune}-r{args.netadapt_reduction}"
+        args_ = (key, name, budget, trials, str(folder), options, args.netadapt_finetune)
+        return key, pool.submit(_job, str(folder), key, run_search, *args_)
+
+    # NetAdapt first: its SGD steps set the equal-compute fine-tune of every other row.
+    names = sorted(args.strategies.split(","), key=lambda n: n != "netadapt")
+    short = {
+        n: search_job("short", n, args.budget, args.netadapt_trials if n == "netadapt" else args.trials) for n in names
+    }
+    tp_key = f"short-torch-pruning-{args.budget}"
+    short["Torch-Pruning global L2"] = (tp_key, pool.submit(_job, str(folder), tp_key, run_torch_pruning, args.budget))
     long_jobs = [
-        pool.submit(
-            long_search,
-            name,
-            float(b),
-            1 if name == "uniform" else args.long_trials,
-            args.threads,
-            long_dir,
-            args.metapruning_steps,
-        )
+        search_job("long", n, float(b), args.long_trials)
         for b in args.long_budgets.split(",")
-        for name in args.long_strategies.split(",")
+        for n in args.long_strategies.split(",")
     ]
 
     model = ap.zoo.pretrained("resnet20_fashion_mnist")
-    x = torch.zeros(1, 1, 28, 28)
-    space = ap.PruningSpace(model, x)
-    budget = ap.Budget(macs=args.budget)
-    data = fashion_mnist_splits()
-    search_eval, test_eval = _evaluators(data)
-    base = test_eval(copy.deepcopy(model))["accuracy"]
-    rows = []
-    built = {}  # strategy -> a function building its best network on the original weights
-    netadapt_evaluations, netadapt_first_feasible, netadapt_plan_only = 0, None, None
-    netadapt_steps = 0  # NetAdapt's short-term fine-tune steps in all: every other row gets as many at the end
-    metapruning_plan_only = None
-    tmp = Path(tempfile.mkdtemp())
-    for name in args.strategies.split(","):
-        t0 = time.perf_counter()
-        evaluator, options = search_eval, _options(name, args.metapruning_steps)
-        if name == "netadapt":
-            evaluator = AccuracyEvaluator(
-                data.val,
-                train_data=data.train,
-                batches=8,
-                bn_recalibration_batches=10,
-                finetune_steps=args.netadapt_finetune,
-            )
-            options = {"initial_reduction": args.netadapt_reduction}
-        study = ap.search(
-            space,
-            evaluator,
-            budget,
-            strategy=name,
-            n_trials=args.netadapt_trials if name == "netadapt" else args.trials,
-            strategy_options=options,
-            storage=f"sqlite:///{tmp / (name + '.db')}",
-            study_name=name,
-            seed=0,
-        )
-        seconds = time.perf_counter() - t0
-        plan = ap.best_plan(study)
-        done = [t for t in study.trials if t.state.name == "COMPLETE"]
-        label = name
-        if name == "netadapt":  # its own network: its channels and its carried, fine-tuned weights
-            test = test_eval(ap.trial_network(study, study.best_trial, space).build())["accuracy"]
-            netadapt_plan_only = test_eval(space.apply(plan))["accuracy"]
-            netadapt_steps = args.netadapt_finetune * len(done)
-            netadapt_evaluations = len(done)
-            feasible = [n for n, t in enumerate(done, 1) if all(c <= 0 for c in t.constraints.values())]
-            netadapt_first_feasible = feasible[0] if feasible else None
-            iterations = len({t.user_attrs["netadapt"]["iteration"] for t in done})
-            label = (
-                f"netadapt ({iterations} iterations; {args.netadapt_finetune} fine-tune steps per evaluation, "
-                f"i.e. {args.netadapt_finetune * len(done)} SGD steps in all)"
-            )
-        elif name == "metapruning":  # its own network: the PruningNet's generated weights for the best encoding
-            network = ap.trial_network(study, study.best_trial, space)
-            test = test_eval(network.build())["accuracy"]
-            built[name] = network.build
-            metapruning_plan_only = test_eval(space.apply(plan))["accuracy"]
-            label = f"metapruning ({args.metapruning_steps} PruningNet training steps of 128 images first)"
-        else:
-            test = test_eval(space.apply(plan))["accuracy"]
-            built[name] = lambda plan=plan: space.apply(plan)
-        rows.append((label, len(done), study.best_value, test, space.macs(plan), space.params(plan), seconds))
-        print(
-            f"{name}: {len(done)} evaluations, val {study.best_value:.4f}, test {test:.4f}, {seconds:.0f} s", flush=True
-        )
-    target = budget.targets(space)["macs"]
-    t0 = time.perf_counter()
-    tp_model = torch_pruning_global(model, x, target)
-    built["Torch-Pruning global L2"] = lambda: copy.deepcopy(tp_model)
-    tp_val = search_eval(copy.deepcopy(tp_model))["accuracy"]
-    tp_test = test_eval(tp_model)["accuracy"]
-    rows.append(
-        (
-            "Torch-Pruning global L2",
-            1,
-            tp_val,
-            tp_test,
-            ap.count_macs(tp_model, x),
-            ap.count_params(tp_model),
-            time.perf_counter() - t0,
-        )
-    )
-    print(f"torch-pruning global: val {tp_val:.4f}, test {tp_test:.4f}", flush=True)
-    tuned = {}  # the same SGD steps NetAdapt spent, as one fine-tune of each best network (same optimiser, lr)
-    if netadapt_steps:
-        tune_eval = AccuracyEvaluator(
-            data.test, train_data=data.train, bn_recalibration_batches=10, finetune_steps=netadapt_steps
-        )
-        for key, build in built.items():
-            tuned[key] = tune_eval(build())["accuracy"]
-            print(f"{key}: test {tuned[key]:.4f} after {netadapt_steps} fine-tune steps", flush=True)
+    space = ap.PruningSpace(model, torch.zeros(1, 1, 28, 28))
+    base = _evaluators(fashion_mnist_splits())[1](copy.deepcopy(model))["accuracy"]
+    results = {}
+    for name, (key, job) in short.items():
+        results[name] = job.result()
+        print(f"{name}: {results[name]['evaluations']} evaluations, test {results[name]['test']:.4f}", flush=True)
+    netadapt = results.get("netadapt")
+    steps = netadapt["steps"] if netadapt else 0
+    tuned_jobs = {
+        name: pool.submit(_job, str(folder), f"tuned-{key}-{steps}", run_finetune, results[name], str(folder), steps)
+        for name, (key, _) in short.items()
+        if steps and name != "netadapt"
+    }
+    tuned = {name: job.result()["test"] for name, job in tuned_jobs.items()}
+    text = _short_section(results, tuned, base, space, args)
+    if args.no_write:
+        print(text)
+    else:
+        print(f"wrote {write_section('search', text)}")
+    long_results = [job.result() for _, job in long_jobs]
+    pool.shutdown()
+    text = _long_section(long_results, args)
+    if args.no_write:
+        print(text)
+        return
+    print(f"wrote {write_section('search-long', text, after='search')}")
 
-    uniform = next((r for r in rows if r[0] == "uniform"), None)
+
+def _measured(results: Any) -> str:
+    """When (and at which commits) the rows were measured: one invocation can span sessions."""
+    results = list(results)
+    dates = sorted({r["measured"]["date"] for r in results if r.get("measured")})
+    commits = sorted({r["measured"]["commit"] for r in results if r.get("measured")})
+    span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else str(date.today())
+    return f"measured {span} at commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or _commit()}"
+
+
+def _short_section(results: dict, tuned: dict, base: float, space: ap.PruningSpace, args: argparse.Namespace) -> str:
+    netadapt = results.get("netadapt")
+    netadapt_steps = netadapt["steps"] if netadapt else 0
+    uniform = results.get("uniform")
     lines = [
         "## Search quality: strategies under one budget",
         "",
-        f"`python benchmarks/search.py --trials {args.trials} --budget {args.budget}` on {date.today()}; "
-        f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}.",
+        f"`python benchmarks/search.py --trials {args.trials} --budget {args.budget}`, {_measured(results.values())}; "
+        f"{platform.processor() or platform.machine()}, {args.jobs} searches at a time with one thread each, "
+        f"torch {torch.__version__}.",
         f"Pretrained zoo ResNet-20 on Fashion-MNIST (test accuracy {base:.2%} unpruned, "
         f"{space.macs({}) / 1e6:.1f} MMACs); budget {args.budget:.0%} of the MACs; L1 criterion; every candidate "
         "scored with adaptive-BN recalibration (10 x 128 training images) and top-1 on 2048 held-out training "
@@ -321,23 +378,30 @@ def main() -> None:
         + "MMACs | params | wall time |",
         "|---|---:|---:|---:|---:|" + ("---:|" if tuned else "") + "---:|---:|---:|",
     ]
-    tests = {}
-    for name, n, val, test, macs, params, seconds in rows:
-        key = name.split(" (")[0]
-        tests[key] = test
-        fine_tuned = key == "netadapt"
-        delta = f"{(test - uniform[3]) * 100:+.2f} pp" if uniform and not fine_tuned else "—"
-        shown = f"{test:.2%}"
-        if fine_tuned:
-            shown += f" (its own fine-tuned network); {netadapt_plan_only:.2%} (its plan on the original weights)"
+    for key, r in results.items():
+        label = key
+        if key == "netadapt":
+            label = (
+                f"netadapt ({r['iterations']} iterations; {args.netadapt_finetune} fine-tune steps per evaluation, "
+                f"i.e. {r['steps']} SGD steps in all)"
+            )
         elif key == "metapruning":
-            shown += f" (its generated weights); {metapruning_plan_only:.2%} (its plan on the original weights)"
+            label = f"metapruning ({args.metapruning_steps} PruningNet training steps of 128 images first)"
+        delta = f"{(r['test'] - uniform['test']) * 100:+.2f} pp" if uniform and key != "netadapt" else "—"
+        shown = f"{r['test']:.2%}"
+        if key == "netadapt":
+            shown += f" (its own fine-tuned network); {r['plan_test']:.2%} (its plan on the original weights)"
+        elif key == "metapruning":
+            shown += f" (its generated weights); {r['plan_test']:.2%} (its plan on the original weights)"
         after = ""
         if tuned:
             after = f"{tuned[key]:.2%} | " if key in tuned else "(its own network above) | "
         lines.append(
-            f"| {name} | {n} | {val:.2%} | {shown} | {delta} | {after}{macs / 1e6:.2f} | {params:,} | {seconds:.0f} s |"
+            f"| {label} | {r['evaluations']} | {r['val']:.2%} | {shown} | {delta} | {after}"
+            f"{r['macs'] / 1e6:.2f} | {r['params']:,} | {r['seconds']:.0f} s |"
         )
+    tests = {k: r["test"] for k, r in results.items()}
+    meta = results.get("metapruning")
     lines += [
         "",
         f"Without fine-tuning, {1 - args.budget:.0%} of the MACs removed in one shot costs a lot of accuracy for "
@@ -349,26 +413,15 @@ def main() -> None:
             tests,
             args.netadapt_finetune,
             args.trials,
-            netadapt_evaluations,
-            netadapt_first_feasible,
-            netadapt_plan_only,
+            netadapt["evaluations"] if netadapt else 0,
+            netadapt["first_feasible"] if netadapt else None,
+            netadapt["plan_test"] if netadapt else None,
             len(space.groups),
-            metapruning_plan_only,
+            meta["plan_test"] if meta else None,
         ),
         *_compute_verdict(tests, tuned, netadapt_steps),
     ]
-    text = "\n".join(lines)
-    if args.no_write:
-        print(text)
-    else:
-        print(f"wrote {write_section('search', text)}")
-    results = [job.result() for job in long_jobs]
-    pool.shutdown()
-    text = _long_section(results, args)
-    if args.no_write:
-        print(text)
-        return
-    print(f"wrote {write_section('search-long', text, after='search')}")
+    return "\n".join(lines)
 
 
 def _long_section(results: list[dict], args: argparse.Namespace) -> str:
@@ -379,7 +432,8 @@ def _long_section(results: list[dict], args: argparse.Namespace) -> str:
         + " of the MACs",
         "",
         f"The same invocation (`--long-trials {args.long_trials} --long-budgets {args.long_budgets}`, "
-        f"{args.jobs} searches at a time, one thread each): every strategy but NetAdapt gets {args.long_trials} "
+        f"{args.jobs} searches at a time, one thread each; {_measured(results)}): every strategy but NetAdapt "
+        f"gets {args.long_trials} "
         "evaluations, scored as above (adaptive BN, 2048 held-out training images; the best plan then on the 10k "
         "test set, no fine-tuning). Wall time includes waiting for the other core's searches.",
         "",

@@ -6,6 +6,7 @@ images (from Debian's dataset-fashion-mnist), CIFAR-10/100 python pickles, MNIST
 
 from __future__ import annotations
 
+import copy
 import gzip
 import pickle
 import sys
@@ -19,6 +20,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
+import autoprune as ap
 from autoprune import data
 from autoprune.data import sources, transforms
 from autoprune.studyfile import DataSpec, StudyFileError, parse_study
@@ -501,6 +503,54 @@ def test_normalize_auto_on_a_lazy_image_folder(single_folder) -> None:
     assert isinstance(splits.train, Dataset) and not isinstance(splits.train, TensorDataset)
     x = torch.stack([splits.train[i][0] for i in range(len(splits.train))])
     assert x.shape == (220, 1, 28, 28) and abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+
+
+class InWorkersOnly(Dataset):
+    """A dataset that refuses to be read outside a DataLoader worker process."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        if torch.utils.data.get_worker_info() is None:
+            raise RuntimeError("read in the main process")
+        return self.dataset[i]
+
+
+def test_num_workers_load_the_same_batches_in_worker_processes(single_folder) -> None:
+    from autoprune.evaluators import AccuracyEvaluator
+
+    root, _ = single_folder
+    plain = data.image_folder_splits(root, transforms=["grayscale"], val_size=50, test_fraction=0)
+    flipped = data.image_folder_splits(root, transforms=["grayscale", "hflip"], val_size=50, test_fraction=0)
+    model = ap.zoo.pretrained("resnet20_fashion_mnist")
+
+    def score(splits, workers: int, wrap=lambda d: d) -> dict:
+        evaluator = AccuracyEvaluator(
+            wrap(splits.val),
+            train_data=wrap(splits.train),
+            batch_size=16,
+            bn_recalibration_batches=3,
+            recalibration_batch_size=32,
+            finetune_steps=2,
+            finetune_batch_size=16,
+            num_workers=workers,
+        )
+        return evaluator(copy.deepcopy(model))
+
+    in_process, in_workers = score(plain, 0), score(plain, 2, InWorkersOnly)
+    assert in_workers["samples"] == in_process["samples"] == 50
+    assert in_workers["loss"] == pytest.approx(in_process["loss"], rel=1e-6)
+    assert in_workers["finetune_loss"] == pytest.approx(in_process["finetune_loss"], rel=1e-6)
+    # A random (train-only) transform in workers is seeded from the evaluator's seed: the same on every call.
+    assert score(flipped, 2)["loss"] == score(flipped, 2)["loss"]
+    with pytest.raises(RuntimeError, match="read in the main process"):
+        score(plain, 0, InWorkersOnly)
+    with pytest.raises(ValueError, match="num_workers"):
+        AccuracyEvaluator(plain.val, bn_recalibration_batches=0, num_workers=-1)
 
 
 # ------------------------------------------------------------------ study files

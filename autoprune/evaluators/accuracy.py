@@ -214,7 +214,10 @@ class AccuracyEvaluator(Evaluator):
     tensors and TensorDatasets (also inside Subsets) are indexed directly, with
     no DataLoader. A DataLoader is used as given, iterated under a torch RNG
     seeded with `seed`, so a shuffling loader yields the same samples on every
-    call (with num_workers=0 or torch-seeded workers).
+    call (with num_workers=0 or torch-seeded workers). `num_workers` > 0 loads a
+    map-style Dataset's samples (decoding, transforms) in that many worker
+    processes, with the same fixed batches; worker seeds come from `seed`, so
+    random transforms are the same on every call.
 
     `bf16` (None: on where the hardware supports it natively, i.e. CUDA or a
     CPU with AVX512-BF16/AMX) runs everything under bf16 autocast;
@@ -243,8 +246,10 @@ class AccuracyEvaluator(Evaluator):
         bf16: bool | None = None,
         channels_last: bool | None = None,
         seed: int = 0,
+        num_workers: int = 0,
     ) -> None:
         check_count("batch_size", batch_size, 1)
+        check_count("num_workers", num_workers, 0)
         if batches is not None:
             check_count("batches", batches, 1)
         check_count("bn_recalibration_batches", bn_recalibration_batches, 0)
@@ -281,6 +286,7 @@ class AccuracyEvaluator(Evaluator):
         self.finetune_weight_decay = float(finetune_weight_decay)
         self.threads = threads
         self.seed = seed
+        self.num_workers = num_workers
 
         generator = torch.Generator().manual_seed(seed)
         self.train_data = train_data  # what a strategy that trains (MetaPruning) trains on, as given
@@ -321,9 +327,15 @@ class AccuracyEvaluator(Evaluator):
         return tuple(moved), target.to(self.device, non_blocking=True)
 
     def _iterate(self, source: Any, plan: list[Any], limit: int | None, name: str) -> Iterator[Batch]:
-        """Device batches: the fixed plan of an indexable source, or the first `limit` batches of a loader."""
+        """Device batches: the fixed plan of an indexable source, or the first `limit` batches of a loader. A
+        dataset's samples are loaded by `num_workers` processes when asked (the same batches, in the same order)."""
         if isinstance(source, DataLoader):
             for batch in itertools.islice(source, limit):
+                yield self._to_device(_split(batch, name))
+        elif isinstance(source, _DatasetSource) and self.num_workers and plan:
+            sampler = [range(source.size)[key] if isinstance(key, slice) else key.tolist() for key in plan]
+            loader = DataLoader(source.dataset, batch_sampler=sampler, num_workers=self.num_workers)
+            for batch in loader:
                 yield self._to_device(_split(batch, name))
         else:
             for key in plan:
