@@ -21,7 +21,13 @@ the ``search`` section of BENCHMARKS.md.
 The same invocation then gives every strategy but NetAdapt ``--long-trials``
 evaluations (long enough for AMC's agent to learn after its warm-up) at each of
 ``--long-budgets`` and writes the ``search-long`` section, with AMC's warm-up and
-learning phases compared. Searches run ``--jobs`` at a time, one thread each.
+learning phases compared. Every search and fine-tune is one job in a pool of
+``--jobs`` worker processes, one thread each. Each finished job is recorded in
+``--results`` (``benchmarks/results/search/``: its numbers as JSON with the date and
+commit, and the network of a strategy that trains its own); an interrupted
+invocation run again with the same options runs only what is missing, and the
+tables say over which dates and commits their rows were measured (``--fresh``
+measures everything again).
 """
 
 from __future__ import annotations
