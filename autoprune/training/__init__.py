@@ -1,0 +1,10 @@
+"""Training-aware pruning: methods that prune while training, driven by a plan from any strategy.
+
+``get(name, space, plan, total_steps=...)`` gives a method object with hooks for your own training loop (see
+:class:`Method`); every method ends, in ``finalize``, with a network physically smaller at exactly the plan.
+"""
+
+from . import agp, finetune  # noqa: F401 - registers the methods
+from .base import METHODS, Method, get, masks
+
+__all__ = ["METHODS", "Method", "get", "masks"]

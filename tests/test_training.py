@@ -1,0 +1,142 @@
+"""Training-aware methods (autoprune.training) in a hand-written training loop on real data (scikit-learn digits)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autoprune as ap
+from autoprune import training
+from autoprune.studyfile import DataSpec
+
+
+@pytest.fixture(scope="module")
+def digits():
+    splits = DataSpec(dataset="digits", val_size=200).splits()
+    return splits.train.tensors, splits.val.tensors
+
+
+def small_space() -> ap.PruningSpace:
+    torch.manual_seed(0)
+    model = ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32))
+    return ap.PruningSpace(model, torch.zeros(1, 1, 8, 8))
+
+
+def a_plan(space: ap.PruningSpace) -> dict[str, float]:
+    return {g.name: 0.25 + 0.5 * (i % 2) for i, g in enumerate(space.groups)}
+
+
+def user_loop(method: training.Method, data, steps: int, lr: float = 0.05) -> torch.optim.Optimizer:
+    """A plain loop of the user's own: the method's two hooks around the optimiser step."""
+    x, y = data
+    model = method.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (32,), generator=generator)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        method.before_step(model, optimizer)
+        optimizer.step()
+        method.after_step(model, optimizer)
+    return optimizer
+
+
+def test_agp_cubic_schedule_ends_exactly_at_the_plan() -> None:
+    space = small_space()
+    plan = a_plan(space)
+    agp = training.get("agp", space, plan, total_steps=200, start=0.1, end=0.6, frequency=7)
+    sizes = {g.name: g.channels for g in space.groups}
+    final = {g.name: int(k) for g, k in zip(space.groups, space.kept_counts(plan)) if k < g.channels}
+    assert agp.removed(0.0) == {g: 0 for g in final}
+    assert agp.removed(1.0) == {g: sizes[g] - k for g, k in final.items()}
+    g = max(final, key=lambda g: sizes[g] - final[g])
+    total = sizes[g] - final[g]
+    assert agp.removed(0.5)[g] == round(total * (1 - 0.5**3))  # 7/8 of the way after half the window
+    steps = sorted(agp.events)
+    assert steps[0] == 20 and steps[-1] == 119 and all(b - a <= 7 for a, b in zip(steps, steps[1:]))
+    taus = [agp.events[t] for t in steps]
+    assert taus[0] == 0.0 and taus[-1] == 1.0 and taus == sorted(taus)
+
+
+def test_agp_in_a_users_loop_ends_physically_smaller_with_the_masked_models_outputs(digits) -> None:
+    train, val = digits
+    space = small_space()
+    plan = a_plan(space)
+    agp = training.get("agp", space, plan, total_steps=40, end=0.5, frequency=4)
+    before = {k: v.clone() for k, v in space.model.state_dict().items()}
+    optimizer = user_loop(agp, train, 40)
+    assert all(torch.equal(v, space.model.state_dict()[k]) for k, v in before.items())  # the user's model untouched
+
+    model = agp.model
+    # HARD: every pruned channel is zero in every parameter it runs through, and so is SGD's momentum for it.
+    masks = training.masks(space, agp.keep)
+    assert masks and agp.masked() == sum(g.channels - k for g, k in zip(space.groups, space.kept_counts(plan)))
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.all(params[name][mask == 0] == 0), name
+        buf = optimizer.state[params[name]]["momentum_buffer"]
+        assert torch.all(buf[mask == 0] == 0), name
+
+    pruned = agp.finalize(model)
+    assert ap.count_macs(pruned, torch.zeros(1, 1, 8, 8)) == space.macs(plan)
+    assert ap.count_params(pruned) == space.params(plan)
+    model.eval(), pruned.eval()
+    with torch.no_grad():
+        assert torch.allclose(pruned(val[0][:64]), model(val[0][:64]), atol=1e-5)  # BN's constant is not left
+    pruned.train()
+    pruned(val[0][:8]).sum().backward()  # trains too
+
+
+def test_an_agp_pruned_channel_never_comes_back(digits) -> None:
+    train, _ = digits
+    space = small_space()
+    agp = training.get("agp", space, a_plan(space), total_steps=30, end=0.8, frequency=3)
+    kept_history = []
+    x, y = train
+    model = agp.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(30):
+        loss = F.cross_entropy(model(x[step * 16 : step * 16 + 16]), y[step * 16 : step * 16 + 16])
+        optimizer.zero_grad()
+        loss.backward()
+        agp.before_step(model, optimizer)
+        optimizer.step()
+        agp.after_step(model, optimizer)
+        kept_history.append({g: set(idx.tolist()) for g, idx in agp.keep.items()})
+    for earlier, later in zip(kept_history, kept_history[1:]):
+        for g, kept in later.items():
+            assert kept <= earlier.get(g, kept), g  # the survivors only shrink
+
+
+def test_finetune_trains_the_one_shot_network(digits) -> None:
+    train, _ = digits
+    space = small_space()
+    plan = a_plan(space)
+    method = training.get("finetune", space, plan, total_steps=5)
+    assert ap.count_params(method.model) == space.params(plan)  # physically small from the start
+    start = {k: v.clone() for k, v in method.model.state_dict().items()}
+    user_loop(method, train, 5)
+    pruned = method.finalize()
+    assert ap.count_macs(pruned, torch.zeros(1, 1, 8, 8)) == space.macs(plan)
+    assert any(not torch.equal(v, pruned.state_dict()[k]) for k, v in start.items())
+
+
+def test_bad_input_is_refused_before_training() -> None:
+    space = small_space()
+    plan = a_plan(space)
+    with pytest.raises(ValueError, match="unknown training method 'agb'. Did you mean 'agp'"):
+        training.get("agb", space, plan, total_steps=10)
+    with pytest.raises(ValueError, match="total_steps must be a positive integer"):
+        training.get("agp", space, plan, total_steps=0)
+    with pytest.raises(ValueError, match="start < end"):
+        training.get("agp", space, plan, total_steps=10, start=0.5, end=0.5)
+    with pytest.raises(ValueError, match="frequency"):
+        training.get("agp", space, plan, total_steps=10, frequency=0)
+    with pytest.raises((KeyError, ValueError), match="layer9"):
+        training.get("agp", space, {"layer9.conv": 0.5}, total_steps=10)  # a plan for another model
+    with pytest.raises(ValueError, match="calibration"):
+        training.get("agp", space, plan, total_steps=10, criterion="taylor")
