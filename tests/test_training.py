@@ -140,3 +140,96 @@ def test_bad_input_is_refused_before_training() -> None:
         training.get("agp", space, {"layer9.conv": 0.5}, total_steps=10)  # a plan for another model
     with pytest.raises(ValueError, match="calibration"):
         training.get("agp", space, plan, total_steps=10, criterion="taylor")
+
+
+def exact_removal(method: training.Method, x: torch.Tensor) -> None:
+    """The method's final network is at the plan and computes what the trained, masked network computes."""
+    space, plan = method.space, method.plan
+    pruned = method.finalize()
+    assert ap.count_macs(pruned, torch.zeros(1, 1, 8, 8)) == space.macs(plan)
+    assert ap.count_params(pruned) == space.params(plan)
+    method.model.eval(), pruned.eval()
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), method.model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sfp", "fpgm"])
+def test_soft_pruning_lets_a_zeroed_filter_grow_back_and_ends_exact(digits, name) -> None:
+    train, val = digits
+    space = small_space()
+    method = training.get(name, space, a_plan(space), total_steps=24, frequency=6, ramp=0)
+    assert method.events == [5, 11, 17, 23]
+    x, y = train
+    model = method.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    grew_back = False
+    for step in range(24):
+        loss = F.cross_entropy(model(x[step * 32 : step * 32 + 32]), y[step * 32 : step * 32 + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        method.before_step(model, optimizer)
+        optimizer.step()
+        if step == 6:  # one step after the first event: the zeroed filters trained on
+            zeroed = training.masks(space, method.keep)
+            params = dict(model.named_parameters())
+            grew_back = any(bool(params[n][m == 0].abs().sum() > 0) for n, m in zeroed.items() if n.endswith("weight"))
+        method.after_step(model, optimizer)
+        if step == 5:
+            params = dict(model.named_parameters())
+            filters = {m.param for g in space.groups if g.name in method.keep for m in g.producers}
+            assert filters and all(torch.all(params[n][mk == 0] == 0) for n, mk in method._masks.items())
+    assert grew_back  # SOFT: the event zeroed them, their gradients did not stop
+    exact_removal(method, val[0][:64])
+
+
+def test_slimming_adds_the_l1_gradient_on_the_plans_norm_scales_then_prunes_by_them(digits) -> None:
+    train, val = digits
+    space = small_space()
+    slim = training.get("slim", space, a_plan(space), total_steps=10, penalty=1e-2, prune_at=0.5)
+    modules = dict(space.model.named_modules())
+    assert slim.scales and all(
+        name.endswith(".weight") and isinstance(modules[name[: -len(".weight")]], torch.nn.BatchNorm2d)
+        for name in slim.scales
+    )
+    model = slim.model
+    x, y = train
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    params = dict(model.named_parameters())
+    plain = {n: params[n].grad.clone() for n in slim.scales}
+    slim.before_step(model)
+    for n in slim.scales:
+        assert torch.allclose(params[n].grad, plain[n] + 1e-2 * torch.sign(params[n].detach()))
+    model.zero_grad()
+    user_loop(slim, train, 10)
+    assert slim.keep and slim.masked() > 0
+    exact_removal(slim, val[0][:64])
+
+
+def test_taylor_accumulates_the_squared_sum_of_gradient_times_weight_per_channel(digits) -> None:
+    train, val = digits
+    space = small_space()
+    taylor = training.get("taylor", space, a_plan(space), total_steps=20, frequency=5, end=0.5)
+    assert taylor.events == [4, 9]
+    model = taylor.model
+    x, y = train
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    taylor.before_step(model)
+    params = dict(model.named_parameters())
+    checked = 0
+    for g in taylor.groups:
+        if any(m.rows is not None for m in g.members):
+            continue
+        checked += 1
+        by_hand = torch.zeros(g.channels, dtype=torch.float64)
+        for m in g.members:
+            if m.param not in params:  # a buffer (running statistics): no gradient
+                continue
+            p = params[m.param]
+            by_hand += (p.grad * p).detach().movedim(m.dim, 0).reshape(g.channels, -1).sum(1).double()
+        assert torch.allclose(taylor._sum[g.name], by_hand**2)
+    assert checked == len(taylor.groups)
+    model.zero_grad()
+    taylor.after_step(model)
+    user_loop(taylor, train, 19)
+    assert set(taylor.importance) == set(taylor.target)
+    exact_removal(taylor, val[0][:64])

@@ -4,7 +4,7 @@
 :class:`Method`); every method ends, in ``finalize``, with a network physically smaller at exactly the plan.
 """
 
-from . import agp, finetune  # noqa: F401 - registers the methods
+from . import agp, finetune, sfp, slim, taylor  # noqa: F401 - registers the methods
 from .base import METHODS, Method, get, masks
 
 __all__ = ["METHODS", "Method", "get", "masks"]

@@ -134,7 +134,7 @@ class Method:
         if keep is not None:
             self.set_keep(keep)
         if self._masks and (self.hard or keep is not None):
-            self.apply_masks(model, optimizer)
+            self.apply_masks(model, optimizer if self.hard else None)  # SOFT: the weights only
 
     def finalize(self, model: nn.Module | None = None) -> nn.Module:
         """The trained network with the pruned channels physically removed, at exactly the plan's counts."""
