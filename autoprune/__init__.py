@@ -1,6 +1,6 @@
 """autoprune: find how far each layer of a trained network can be pruned, then prune it for real."""
 
-from . import agents, zoo  # agents registers the AMC environment and strategy
+from . import agents, training, zoo  # agents registers the AMC environment and strategy
 from .engine import CRITERIA, ChannelGroup, Criterion, PruningSpace, count_macs, count_params
 from .report import Report, compare
 from .search import (
@@ -38,6 +38,7 @@ __all__ = [
     "Report",
     "STRATEGIES",
     "Strategy",
+    "training",
     "zoo",
     "agents",
     "__version__",

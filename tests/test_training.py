@@ -233,3 +233,35 @@ def test_taylor_accumulates_the_squared_sum_of_gradient_times_weight_per_channel
     user_loop(taylor, train, 19)
     assert set(taylor.importance) == set(taylor.target)
     exact_removal(taylor, val[0][:64])
+
+
+def test_distillation_loss_math() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 10), torch.randint(10, (16,))
+    ce = F.cross_entropy(logits, target)
+    assert torch.allclose(training.distillation_loss(logits, logits, target, 4.0, 0.3), 0.7 * ce)  # KL(p‖p) = 0
+    other = torch.randn(16, 10)
+    p, q = F.softmax(other / 2, 1), F.log_softmax(logits / 2, 1)
+    kl = (p * (p.log() - q)).sum(1).mean()
+    assert torch.allclose(training.distillation_loss(logits, other, target, 2.0, 1.0), 4 * kl, atol=1e-6)
+
+
+def test_run_trains_any_method_with_distillation_and_records_the_test_accuracy(digits) -> None:
+    space = small_space()
+    plan = a_plan(space)
+    data = DataSpec(dataset="digits", val_size=200).splits()
+    plain = training.run(space, plan, data, method="agp", steps=30, lr=0.05, batch_size=32, progress=False, end=0.5)
+    kd = training.run(space, plan, data, method="agp", steps=30, lr=0.05, batch_size=32, progress=False, distill=True)
+    for result in (plain, kd):
+        assert ap.count_params(result.model) == space.params(plan)
+        assert ap.count_macs(result.model, torch.zeros(1, 1, 8, 8)) == space.macs(plan)
+        record = result.record
+        assert record["steps"] == 30 and 0 <= record["test"] <= 1 and 0 <= record["test_one_shot"] <= 1
+    assert kd.record["distill"] == {"temperature": 4.0, "alpha": 0.5} and plain.record["distill"] is None
+    assert kd.record["loss_first"] != plain.record["loss_first"]
+    again = training.run(space, plan, data, method="agp", steps=30, lr=0.05, batch_size=32, progress=False, end=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), again.model.state_dict().values()))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        training.run(space, plan, data, steps=0)
+    with pytest.raises(ValueError, match="alpha"):
+        training.run(space, plan, data, steps=5, distill=True, alpha=2)

@@ -6,5 +6,6 @@
 
 from . import agp, finetune, sfp, slim, taylor  # noqa: F401 - registers the methods
 from .base import METHODS, Method, get, masks
+from .run import Trained, distillation_loss, run
 
-__all__ = ["METHODS", "Method", "get", "masks"]
+__all__ = ["METHODS", "Method", "Trained", "distillation_loss", "get", "masks", "run"]
