@@ -315,8 +315,8 @@ def main() -> None:
     short["Torch-Pruning global L2"] = (tp_key, pool.submit(_job, str(folder), tp_key, run_torch_pruning, args.budget))
     long_jobs = [
         search_job("long", n, float(b), args.long_trials)
-        for b in args.long_budgets.split(",")
-        for n in args.long_strategies.split(",")
+        for b in filter(None, args.long_budgets.split(","))
+        for n in filter(None, args.long_strategies.split(","))
     ]
 
     model = ap.zoo.pretrained("resnet20_fashion_mnist")
@@ -341,6 +341,8 @@ def main() -> None:
         print(f"wrote {write_section('search', text)}")
     long_results = [job.result() for _, job in long_jobs]
     pool.shutdown()
+    if not long_results:  # --long-strategies "": the first section only
+        return
     text = _long_section(long_results, args)
     if args.no_write:
         print(text)

@@ -369,6 +369,15 @@ class PruningSpace:
         channels (the others all of theirs)."""
         return self._kept_size(e, counts)
 
+    def over(self, state: Mapping[str, torch.Tensor]) -> "PruningSpace":
+        """A space on this architecture over other (full-size) weights of it, e.g. a trained copy's
+        ``state_dict()``: what a method that trains or carries weights builds its networks from."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PruningSpace(model, self.example_inputs, round_to=self.round_to, verify=False)
+
     def fingerprint(self) -> str:
         """Identifies the model's architecture and its channel groups: a resumed search or a cached latency table
         must belong to the same space."""

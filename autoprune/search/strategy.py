@@ -14,10 +14,8 @@ trial it asks :meth:`Strategy.next_action`; for each proposal it calls
 from __future__ import annotations
 
 import abc
-import copy
 import enum
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -110,18 +108,6 @@ def exactly(kept: Sequence[int], channels: int) -> torch.Tensor:
     s = torch.full((channels,), float("-inf"), dtype=torch.float64)
     s[torch.as_tensor(list(kept), dtype=torch.long)] = 0.0
     return s
-
-
-def space_over(space: "PruningSpace", state: Mapping[str, torch.Tensor]) -> "PruningSpace":
-    """A space on ``space``'s architecture over other weights of it (a full-size ``state_dict``): what a strategy
-    that carries weights from trial to trial builds its networks from."""
-    from ..engine import PruningSpace
-
-    model = copy.deepcopy(space.model)
-    model.load_state_dict(state)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return PruningSpace(model, space.example_inputs, round_to=space.round_to, verify=False)
 
 
 class Strategy(abc.ABC):

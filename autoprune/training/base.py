@@ -138,11 +138,9 @@ class Method:
 
     def finalize(self, model: nn.Module | None = None) -> nn.Module:
         """The trained network with the pruned channels physically removed, at exactly the plan's counts."""
-        from ..search.strategy import space_over
-
         model = self.model if model is None else model
         keep = self.final_keep(model)
-        return space_over(self.space, model.state_dict()).build(keep)
+        return self.space.over(model.state_dict()).build(keep)
 
     # -- helpers for subclasses -------------------------------------------------------------------------------
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:

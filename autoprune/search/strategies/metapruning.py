@@ -55,7 +55,7 @@ from ..artifacts import artifact_store, load_state, remove, save_state
 from ..ledger import failure_reason
 from ..pruningnet import FORMS, PruningNet, PruningNetTrainer, check_training, width_choices
 from ..queue import enqueue_batch, enqueue_task
-from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly, space_over
+from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly
 
 TAG = "metapruning"  # a candidate's {"generation", "genes", "of", "origin"}; the training task's {"task": "train"}
 NET = "metapruning_net"  # the study's PruningNet checkpoints, newest first: [{"step", "artifact"}]
@@ -443,7 +443,7 @@ class MetaPruning(Strategy):
                     *[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())], indexing="ij"
                 )
                 state[name][grid] = value.to(state[name].dtype)
-        space = space_over(ctx.space, state)
+        space = ctx.space.over(state)
         kept = {g.name: keep[g.name].tolist() if g.name in keep else list(range(g.channels)) for g in space.groups}
         scores = {g.name: exactly(kept[g.name], g.channels) for g in space.groups}
         return TrialNetwork(space, dict(trial.user_attrs[attrs.PLAN]), scores)

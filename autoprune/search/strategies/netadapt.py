@@ -54,7 +54,7 @@ from .. import attrs
 from ..artifacts import artifact_store
 from ..ledger import latency_measurement, uncounted
 from ..queue import enqueue_batch
-from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly, space_over
+from ..strategy import Action, SearchContext, Strategy, TrialNetwork, exactly
 
 TAG = "netadapt"  # a proposal's {"iteration", "group", "of"}
 KEEP = "netadapt_keep"  # the channels a proposal's network keeps, per group (indices into the original widths)
@@ -260,13 +260,13 @@ class NetAdapt(Strategy):
         """A space on the original architecture over the weights saved as artifact ``weights`` (None: the
         original weights)."""
         if weights is None:
-            return space_over(ctx.space, ctx.space.model.state_dict())
+            return ctx.space.over(ctx.space.model.state_dict())
         from optuna.artifacts import download_artifact
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "weights.pt"
             download_artifact(artifact_store=self._store(ctx), file_path=str(path), artifact_id=weights)
-            return space_over(ctx.space, torch.load(path, weights_only=True))
+            return ctx.space.over(torch.load(path, weights_only=True))
 
     def _current(self, ctx: SearchContext, st: _State) -> PruningSpace:
         """The current network as a space on the original architecture (cached per iteration)."""
