@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,21 +29,32 @@ def a_plan(space: ap.PruningSpace) -> dict[str, float]:
     return {g.name: 0.25 + 0.5 * (i % 2) for i, g in enumerate(space.groups)}
 
 
-def user_loop(method: training.Method, data, steps: int, lr: float = 0.05) -> torch.optim.Optimizer:
-    """A plain loop of the user's own: the method's two hooks around the optimiser step."""
+def user_loop(
+    method: training.Method,
+    data,
+    steps: int,
+    lr: float = 0.05,
+    check: Callable[[int, str], None] | None = None,
+) -> torch.optim.Optimizer:
+    """A plain loop of the user's own: the method's two hooks around the optimiser step. ``check(step, when)`` is
+    called after the optimiser's step (``when="stepped"``) and after the method's ``after_step`` (``"hooked"``)."""
     x, y = data
     model = method.model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(len(x), (32,), generator=generator)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         optimizer.zero_grad()
         loss.backward()
         method.before_step(model, optimizer)
         optimizer.step()
+        if check:
+            check(step, "stepped")
         method.after_step(model, optimizer)
+        if check:
+            check(step, "hooked")
     return optimizer
 
 
@@ -96,17 +109,13 @@ def test_an_agp_pruned_channel_never_comes_back(digits) -> None:
     space = small_space()
     agp = training.get("agp", space, a_plan(space), total_steps=30, end=0.8, frequency=3)
     kept_history = []
-    x, y = train
-    model = agp.model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for step in range(30):
-        loss = F.cross_entropy(model(x[step * 16 : step * 16 + 16]), y[step * 16 : step * 16 + 16])
-        optimizer.zero_grad()
-        loss.backward()
-        agp.before_step(model, optimizer)
-        optimizer.step()
-        agp.after_step(model, optimizer)
-        kept_history.append({g: set(idx.tolist()) for g, idx in agp.keep.items()})
+
+    def record(step: int, when: str) -> None:
+        if when == "hooked":
+            kept_history.append({g: set(idx.tolist()) for g, idx in agp.keep.items()})
+
+    user_loop(agp, train, 30, lr=0.1, check=record)
+    assert len(kept_history) == 30 and kept_history[-1]
     for earlier, later in zip(kept_history, kept_history[1:]):
         for g, kept in later.items():
             assert kept <= earlier.get(g, kept), g  # the survivors only shrink
@@ -159,25 +168,21 @@ def test_soft_pruning_lets_a_zeroed_filter_grow_back_and_ends_exact(digits, name
     space = small_space()
     method = training.get(name, space, a_plan(space), total_steps=24, frequency=6, ramp=0)
     assert method.events == [5, 11, 17, 23]
-    x, y = train
     model = method.model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     grew_back = False
-    for step in range(24):
-        loss = F.cross_entropy(model(x[step * 32 : step * 32 + 32]), y[step * 32 : step * 32 + 32])
-        optimizer.zero_grad()
-        loss.backward()
-        method.before_step(model, optimizer)
-        optimizer.step()
-        if step == 6:  # one step after the first event: the zeroed filters trained on
+
+    def check(step: int, when: str) -> None:
+        nonlocal grew_back
+        params = dict(model.named_parameters())
+        if step == 6 and when == "stepped":  # one optimiser step after the first event: the zeroed filters trained on
             zeroed = training.masks(space, method.keep)
-            params = dict(model.named_parameters())
             grew_back = any(bool(params[n][m == 0].abs().sum() > 0) for n, m in zeroed.items() if n.endswith("weight"))
-        method.after_step(model, optimizer)
-        if step == 5:
-            params = dict(model.named_parameters())
+        if step == 5 and when == "hooked":  # the first event zeroed the filters, and only them
             filters = {m.param for g in space.groups if g.name in method.keep for m in g.producers}
-            assert filters and all(torch.all(params[n][mk == 0] == 0) for n, mk in method._masks.items())
+            assert method._masks and set(method._masks) <= filters
+            assert all(torch.all(params[n][mk == 0] == 0) for n, mk in method._masks.items())
+
+    user_loop(method, train, 24, check=check)
     assert grew_back  # SOFT: the event zeroed them, their gradients did not stop
     exact_removal(method, val[0][:64])
 

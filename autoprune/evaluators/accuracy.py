@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from ..data.batches import Batch, DatasetSource, as_source, random_batches, scoring_plan, split_batch
 from ..utils import num_threads
 from .base import Evaluator, check_count, resolve_device
 
 Data = Union[Dataset, DataLoader, Sequence[torch.Tensor]]
-Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,105 +46,7 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def _split(batch: Any, name: str) -> Batch:
-    """(inputs..., target) -> ((inputs...), target)."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TypeError(f"{name} must yield (inputs..., target) samples, got {type(batch).__name__}")
-    *inputs, target = batch
-    return tuple(inputs), target
-
-
-class _TensorSource:
-    """Samples held in tensors (a tuple, a TensorDataset or Subsets of one): batches are plain indexing."""
-
-    def __init__(self, tensors: Sequence[torch.Tensor], index_map: torch.Tensor | None, name: str) -> None:
-        sizes = {int(t.shape[0]) for t in tensors}
-        if len(sizes) != 1:
-            raise ValueError(f"{name}: all tensors must have the same number of samples, got sizes {sorted(sizes)}")
-        self.tensors = list(tensors)
-        self.index_map = index_map
-        self.name = name
-        self.size = len(index_map) if index_map is not None else sizes.pop()
-
-    def __len__(self) -> int:
-        return self.size
-
-    def batch(self, key: slice | torch.Tensor) -> Batch:
-        if self.index_map is not None:
-            key = self.index_map[key]
-        return _split([t[key] for t in self.tensors], self.name)
-
-
-class _DatasetSource:
-    """A map-style dataset of (inputs..., target) samples, collated with `default_collate`."""
-
-    def __init__(self, dataset: Dataset, name: str) -> None:
-        self.dataset = dataset
-        self.name = name
-        self.size = len(dataset)  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return self.size
-
-    def batch(self, key: slice | torch.Tensor) -> Batch:
-        indices = range(self.size)[key] if isinstance(key, slice) else key.tolist()
-        return _split(default_collate([self.dataset[i] for i in indices]), self.name)
-
-
-def _as_source(data: Any, name: str) -> _TensorSource | _DatasetSource | DataLoader:
-    """Classify one data argument; tensors and TensorDatasets (also through Subsets) take the fast path."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, (tuple, list)):
-        if len(data) < 2 or not all(isinstance(t, torch.Tensor) for t in data):
-            raise TypeError(
-                f"{name} given as a tuple must hold tensors (inputs..., targets), "
-                f"got {[type(t).__name__ for t in data]}"
-            )
-        source: Any = _TensorSource(data, None, name)
-    elif isinstance(data, IterableDataset):
-        raise TypeError(f"{name} is an IterableDataset; wrap it in a DataLoader")
-    elif isinstance(data, Dataset):
-        index_map = None
-        base = data
-        while isinstance(base, Subset):
-            indices = torch.as_tensor(list(base.indices), dtype=torch.long)
-            index_map = indices if index_map is None else indices[index_map]
-            base = base.dataset
-        if isinstance(base, TensorDataset):
-            source = _TensorSource(base.tensors, index_map, name)
-        elif hasattr(data, "__len__"):
-            source = _DatasetSource(data, name)
-        else:
-            raise TypeError(f"{name} is a Dataset without __len__; wrap it in a DataLoader")
-    else:
-        raise TypeError(
-            f"{name} must be a Dataset, a DataLoader or a tuple (inputs, targets) of tensors, got {type(data).__name__}"
-        )
-    if len(source) == 0:
-        raise ValueError(f"{name} is empty")
-    return source
-
-
-def _scoring_plan(size: int, batch_size: int, batches: int | None, generator: torch.Generator) -> list[Any]:
-    """All samples in order, or a fixed random subset of `batches` full batches."""
-    if batches is None or batches * batch_size >= size:
-        return [slice(start, start + batch_size) for start in range(0, size, batch_size)]
-    chosen = torch.randperm(size, generator=generator)[: batches * batch_size].sort().values
-    return list(chosen.split(batch_size))
-
-
-def _random_batches(size: int, batch_size: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """`count` batches drawn epoch by epoch from fixed random permutations (the whole set if it is smaller)."""
-    batch_size = min(batch_size, size)
-    per_epoch = size // batch_size
-    result: list[torch.Tensor] = []
-    while len(result) < count:
-        result.extend(torch.randperm(size, generator=generator)[: per_epoch * batch_size].split(batch_size))
-    return result[:count]
-
-
-def _logits(output: Any) -> torch.Tensor:
+def logits_of(output: Any) -> torch.Tensor:
     """The class scores in a model's output: the tensor itself, the first of a tuple, or `.logits`."""
     if isinstance(output, torch.Tensor):
         return output
@@ -290,20 +192,20 @@ class AccuracyEvaluator(Evaluator):
 
         generator = torch.Generator().manual_seed(seed)
         self.train_data = train_data  # what a strategy that trains (MetaPruning) trains on, as given
-        self._data = _as_source(data, "data")
-        self._train = _as_source(train_data, "train_data") if train_data is not None else None
-        self._scoring_plan: list[Any] = []
+        self._data = as_source(data, "data")
+        self._train = as_source(train_data, "train_data") if train_data is not None else None
+        self.scoring_plan: list[Any] = []
         self._recalibration_plan: list[torch.Tensor] = []
         self._finetune_plan: list[torch.Tensor] = []
         if not isinstance(self._data, DataLoader):
-            self._scoring_plan = _scoring_plan(len(self._data), batch_size, batches, generator)
+            self.scoring_plan = scoring_plan(len(self._data), batch_size, batches, generator)
         if self._train is not None and not isinstance(self._train, DataLoader):
             size = len(self._train)
             if bn_recalibration_batches:
                 count = min(bn_recalibration_batches, max(1, size // recalibration_batch_size))
-                self._recalibration_plan = _random_batches(size, recalibration_batch_size, count, generator)
+                self._recalibration_plan = random_batches(size, recalibration_batch_size, count, generator)
             if finetune_steps:
-                self._finetune_plan = _random_batches(size, finetune_batch_size, finetune_steps, generator)
+                self._finetune_plan = random_batches(size, finetune_batch_size, finetune_steps, generator)
 
     def __repr__(self) -> str:
         return (
@@ -331,12 +233,12 @@ class AccuracyEvaluator(Evaluator):
         dataset's samples are loaded by `num_workers` processes when asked (the same batches, in the same order)."""
         if isinstance(source, DataLoader):
             for batch in itertools.islice(source, limit):
-                yield self._to_device(_split(batch, name))
-        elif isinstance(source, _DatasetSource) and self.num_workers and plan:
+                yield self._to_device(split_batch(batch, name))
+        elif isinstance(source, DatasetSource) and self.num_workers and plan:
             sampler = [range(source.size)[key] if isinstance(key, slice) else key.tolist() for key in plan]
             loader = DataLoader(source.dataset, batch_sampler=sampler, num_workers=self.num_workers)
             for batch in loader:
-                yield self._to_device(_split(batch, name))
+                yield self._to_device(split_batch(batch, name))
         else:
             for key in plan:
                 yield self._to_device(source.batch(key))
@@ -367,7 +269,7 @@ class AccuracyEvaluator(Evaluator):
         with torch.enable_grad():
             for inputs, target in self._finetune_batches():
                 with self._autocast():
-                    logits = _logits(model(*inputs))
+                    logits = logits_of(model(*inputs))
                 loss = F.cross_entropy(logits.float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -393,11 +295,11 @@ class AccuracyEvaluator(Evaluator):
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         samples = 0
         with torch.inference_mode():
-            for inputs, target in self._iterate(self._data, self._scoring_plan, self.batches, "data"):
+            for inputs, target in self._iterate(self._data, self.scoring_plan, self.batches, "data"):
                 if target.is_floating_point():
                     raise TypeError("data targets must be integer class indices, got a floating-point tensor")
                 with self._autocast():
-                    logits = _logits(model(*inputs))
+                    logits = logits_of(model(*inputs))
                 logits = logits.float()
                 loss += F.cross_entropy(logits, target, reduction="sum").double()
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices

@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.batches import as_source, split_batch
 from ..engine import PruningSpace
-from ..evaluators.accuracy import _as_source, _logits, _split
+from ..evaluators.accuracy import logits_of
 from ..utils import seeded_generator
 
 #: The reference's 31 candidate widths, as fractions of each layer's full width: 0.10, 0.13, ..., 1.00.
@@ -356,7 +357,7 @@ class PruningNetTrainer:
     ) -> None:
         check_training(steps, lr, batch_size, label_smoothing, distill, temperature)
         self.net = net
-        self.source = _as_source(data, "train_data")
+        self.source = as_source(data, "train_data")
         self.steps, self.lr, self.batch_size = steps, float(lr), batch_size
         self.label_smoothing, self.distill, self.temperature, self.seed = label_smoothing, distill, temperature, seed
         self.optimizer = torch.optim.SGD(
@@ -403,11 +404,11 @@ class PruningNetTrainer:
                         next(iterator)
                 if position == 0:
                     self._epoch = (epoch, 1, iterator)
-                    return _split(first, "train_data")
+                    return split_batch(first, "train_data")
                 self._epoch = (epoch, position, iterator)
             batch = next(self._epoch[2])
             self._epoch = (epoch, position + 1, self._epoch[2])
-            return _split(batch, "train_data")
+            return split_batch(batch, "train_data")
         size = len(self.source)
         batch_size = min(self.batch_size, size)
         epoch, position = divmod(step, size // batch_size)
@@ -423,14 +424,14 @@ class PruningNetTrainer:
             counts = self.net.sample(seeded_generator(self.seed, "encoding", step))
             inputs, target = self._batch(step)
             self.net.train()
-            logits = _logits(self.net(counts, *inputs)).float()
+            logits = logits_of(self.net(counts, *inputs)).float()
             loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
             if self.distill:
                 with torch.no_grad():
                     teacher = self.net.space.model
                     was = teacher.training
                     teacher.eval()
-                    reference = _logits(teacher(*inputs)).float()
+                    reference = logits_of(teacher(*inputs)).float()
                     teacher.train(was)
                 t = self.temperature
                 log_p, log_q = F.log_softmax(logits / t, 1), F.log_softmax(reference / t, 1)

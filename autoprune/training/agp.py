@@ -48,13 +48,13 @@ class AGP(Method):
 
     def removed(self, tau: float) -> dict[str, int]:
         """Channels each pruned group has lost at schedule position ``tau`` in [0, 1]."""
-        sizes = {g.name: g.channels for g in self.space.groups}
-        ramp = 1 - (1 - min(max(tau, 0.0), 1.0)) ** 3
-        return {g: int(round((sizes[g] - k) * ramp)) for g, k in self.target.items()}
+        return {g: self.sizes[g] - k for g, k in self.counts_at(cubic(tau)).items()}
 
     def on_step(self, model: nn.Module, step: int) -> Keep | None:
         tau = self.events.get(step)
-        if tau is None:
-            return None
-        sizes = {g.name: g.channels for g in self.space.groups}
-        return self.select(model, {g: sizes[g] - r for g, r in self.removed(tau).items()})
+        return None if tau is None else self.select(model, self.counts_at(cubic(tau)))
+
+
+def cubic(tau: float) -> float:
+    """AGP's ramp: the share of the final sparsity reached at ``tau`` in [0, 1], 1 − (1 − τ)³."""
+    return 1 - (1 - min(max(tau, 0.0), 1.0)) ** 3

@@ -83,6 +83,7 @@ class Method:
         self.space = space
         self.plan = dict(plan)
         counts = space.kept_counts(self.plan)  # checks the plan's group names and values against this model
+        self.sizes = {g.name: g.channels for g in space.groups}  # every group's full width
         self.target = {g.name: int(k) for g, k in zip(space.groups, counts) if k < g.channels}
         self.total_steps = total_steps
         self.criterion = get_criterion(criterion)
@@ -148,6 +149,12 @@ class Method:
         groups = [g for g in self.space.groups if g.name in self.target]
         return self.criterion.scores(groups, model, self.calibration)
 
+    def counts_at(self, share: float) -> dict[str, int]:
+        """Each pruned group's kept count once ``share`` (in [0, 1]) of its plan's removal is done:
+        C_g − round((C_g − K_g)·share), from the full width at 0 to exactly the plan's K_g at 1."""
+        share = min(max(share, 0.0), 1.0)
+        return {g: self.sizes[g] - int(round((self.sizes[g] - k) * share)) for g, k in self.target.items()}
+
     def select(self, model: nn.Module, counts: Mapping[str, int], survivors_only: bool = True) -> Keep:
         """Keep ``counts[g]`` channels per group by the criterion on ``model``; with ``survivors_only`` a channel
         already pruned is never picked again (counts may only fall)."""
@@ -165,8 +172,7 @@ class Method:
 
     def set_keep(self, keep: Keep) -> None:
         """Make ``keep`` the current masks (groups at full width are dropped)."""
-        sizes = {g.name: g.channels for g in self.space.groups}
-        self.keep = {g: idx for g, idx in keep.items() if int(idx.numel()) < sizes[g]}
+        self.keep = {g: idx for g, idx in keep.items() if int(idx.numel()) < self.sizes[g]}
         self._masks = masks(self.space, self.keep)
 
     def apply_masks(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -183,8 +189,7 @@ class Method:
 
     def masked(self) -> int:
         """How many channels the current masks remove in all."""
-        sizes = {g.name: g.channels for g in self.space.groups}
-        return sum(sizes[g] - int(idx.numel()) for g, idx in self.keep.items())
+        return sum(self.sizes[g] - int(idx.numel()) for g, idx in self.keep.items())
 
 
 def masks(space: PruningSpace, keep: Keep) -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.batches import as_source, random_batches
 from ..engine import PruningSpace
-from ..evaluators.accuracy import _as_source, _logits, _random_batches
+from ..evaluators.accuracy import logits_of
 from .base import get
 
 
@@ -80,10 +81,10 @@ def run(
         )
     train = getattr(data, "train", data)
     test = test if test is not None else getattr(data, "test", None)
-    source = _as_source(train, "data")
+    source = as_source(train, "data")
     trainer = get(method, space, plan, total_steps=steps, **options)  # checks the plan and options first
     generator = torch.Generator().manual_seed(seed)
-    batches = _random_batches(len(source), batch_size, steps, generator)
+    batches = random_batches(len(source), batch_size, steps, generator)
     teacher = copy.deepcopy(space.model).eval() if distill else None  # the user's model keeps its mode
     model = trainer.model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -96,10 +97,10 @@ def run(
         torch.manual_seed(seed)
         for key in batches:
             inputs, target = source.batch(key)
-            logits = _logits(model(*inputs))
+            logits = logits_of(model(*inputs))
             if teacher is not None:
                 with torch.no_grad():
-                    soft = _logits(teacher(*inputs))
+                    soft = logits_of(teacher(*inputs))
                 loss = distillation_loss(logits, soft, target, temperature, alpha)
             else:
                 loss = F.cross_entropy(logits.float(), target)

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from .agp import cubic
 from .base import Keep, Method
 
 
@@ -44,8 +45,7 @@ class SFP(Method):
         """The share of each group's final pruning applied at ``step`` (1 from the end of the ramp on)."""
         if self.ramp == 0:
             return 1.0
-        tau = min(1.0, (step + 1) / (self.ramp * self.total_steps))
-        return 1 - (1 - tau) ** 3
+        return cubic((step + 1) / (self.ramp * self.total_steps))
 
     def set_keep(self, keep: Keep) -> None:
         """Events zero the filters only (a zeroed filter's gradient still flows through its norm layer, so it can
@@ -58,10 +58,8 @@ class SFP(Method):
     def on_step(self, model: nn.Module, step: int) -> Keep | None:
         if step not in self.events:
             return None
-        sizes = {g.name: g.channels for g in self.space.groups}
-        share = self.fraction(step)
-        counts = {g: sizes[g] - int(round((sizes[g] - k) * share)) for g, k in self.target.items()}
-        return self.select(model, counts, survivors_only=False)  # SOFT: every channel competes again
+        # SOFT: every channel competes again, the zeroed ones included
+        return self.select(model, self.counts_at(self.fraction(step)), survivors_only=False)
 
 
 class FPGM(SFP):

@@ -74,10 +74,7 @@ class Taylor(Method):
             self.importance[name] = mean if old is None else self.momentum * old + (1 - self.momentum) * mean
             s.zero_()
         self._count = 0
-        share = (self.events.index(step) + 1) / len(self.events)
-        sizes = {g.name: g.channels for g in self.space.groups}
-        counts = {g: sizes[g] - int(round((sizes[g] - k) * share)) for g, k in self.target.items()}
-        return self.select(model, counts)
+        return self.select(model, self.counts_at((self.events.index(step) + 1) / len(self.events)))
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {g: s.clone() for g, s in self.importance.items()} or super().scores(model)

@@ -47,8 +47,9 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from ...data.batches import as_source, random_batches
 from ...engine.criteria import get_criterion
-from ...evaluators.accuracy import _as_source, _random_batches, recalibrate_batchnorm
+from ...evaluators.accuracy import recalibrate_batchnorm
 from ...utils import num_threads
 from .. import attrs
 from ..artifacts import artifact_store, load_state, remove, save_state
@@ -393,11 +394,11 @@ class MetaPruning(Strategy):
         if batches is None:
             batches = 0 if getattr(ctx.evaluator, "bn_recalibration_batches", 0) else 100
         if batches and ctx.train_data is not None:
-            source = _as_source(ctx.train_data, "train_data")
+            source = as_source(ctx.train_data, "train_data")
             if isinstance(source, torch.utils.data.DataLoader):
                 inputs = (batch[:-1] for _, batch in zip(range(batches), source))
             else:
-                plan_ = _random_batches(len(source), 128, batches, torch.Generator().manual_seed(ctx.base_seed))
+                plan_ = random_batches(len(source), 128, batches, torch.Generator().manual_seed(ctx.base_seed))
                 inputs = (source.batch(key)[0] for key in plan_)
             recalibrate_batchnorm(model, inputs)
         return model
