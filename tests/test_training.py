@@ -34,10 +34,11 @@ def user_loop(
     data,
     steps: int,
     lr: float = 0.05,
-    check: Callable[[int, str], None] | None = None,
+    check: Callable[[int, str, torch.optim.Optimizer], None] | None = None,
 ) -> torch.optim.Optimizer:
-    """A plain loop of the user's own: the method's two hooks around the optimiser step. ``check(step, when)`` is
-    called after the optimiser's step (``when="stepped"``) and after the method's ``after_step`` (``"hooked"``)."""
+    """A plain loop of the user's own: the method's two hooks around the optimiser step. ``check(step, when,
+    optimizer)`` is called after the optimiser's step (``when="stepped"``) and after the method's ``after_step``
+    (``"hooked"``)."""
     x, y = data
     model = method.model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -51,10 +52,10 @@ def user_loop(
         method.before_step(model, optimizer)
         optimizer.step()
         if check:
-            check(step, "stepped")
+            check(step, "stepped", optimizer)
         method.after_step(model, optimizer)
         if check:
-            check(step, "hooked")
+            check(step, "hooked", optimizer)
     return optimizer
 
 
@@ -110,7 +111,7 @@ def test_an_agp_pruned_channel_never_comes_back(digits) -> None:
     agp = training.get("agp", space, a_plan(space), total_steps=30, end=0.8, frequency=3)
     kept_history = []
 
-    def record(step: int, when: str) -> None:
+    def record(step: int, when: str, optimizer: torch.optim.Optimizer) -> None:
         if when == "hooked":
             kept_history.append({g: set(idx.tolist()) for g, idx in agp.keep.items()})
 
@@ -171,7 +172,7 @@ def test_soft_pruning_lets_a_zeroed_filter_grow_back_and_ends_exact(digits, name
     model = method.model
     grew_back = False
 
-    def check(step: int, when: str) -> None:
+    def check(step: int, when: str, optimizer: torch.optim.Optimizer) -> None:
         nonlocal grew_back
         params = dict(model.named_parameters())
         if step == 6 and when == "stepped":  # one optimiser step after the first event: the zeroed filters trained on
@@ -270,3 +271,202 @@ def test_run_trains_any_method_with_distillation_and_records_the_test_accuracy(d
         training.run(space, plan, data, steps=0)
     with pytest.raises(ValueError, match="alpha"):
         training.run(space, plan, data, steps=5, distill=True, alpha=2)
+
+
+def test_imp_removes_the_same_fraction_each_round_and_rewinds_the_survivors(digits) -> None:
+    train, val = digits
+    space = small_space()
+    plan = a_plan(space)
+    imp = training.get("imp", space, plan, total_steps=30, rounds=3, rewind=0.2)
+    assert imp.restarts == [0, 10, 20] and imp.rewind_step == 2
+    g = max(imp.target, key=lambda g: imp.sizes[g] - imp.target[g])
+    c, k = imp.sizes[g], imp.target[g]
+    rounds = [imp.counts_after(r)[g] for r in (1, 2, 3)]
+    assert rounds == [round(c * (k / c) ** (r / 3)) for r in (1, 2)] + [k]  # (1 - p)^(1/R) of what is left
+    assert int(imp.keep[g].numel()) == rounds[0]  # pruned once before training, on the trained weights
+    seen = {}
+
+    def check(step: int, when: str, optimizer: torch.optim.Optimizer) -> None:
+        if when != "hooked":
+            return
+        if step == 1:
+            seen[step] = {n: v.clone() for n, v in imp.model.state_dict().items()}
+        if step in (9, 19):  # a round ended: pruned further, the survivors rewound to θ_2
+            assert int(imp.keep[g].numel()) == rounds[(step + 1) // 10]
+            mask = training.masks(space, imp.keep)
+            for name, value in imp.model.state_dict().items():
+                expected = imp._rewound[name] * mask[name] if name in mask else imp._rewound[name]
+                assert torch.equal(value, expected), name
+            assert not optimizer.state  # the optimiser's momentum belonged to the trained weights
+
+    user_loop(imp, train, 30, check=check)
+    assert all(torch.equal(seen[1][n], imp._rewound[n]) for n in imp._rewound)  # θ_k is the weights after step 2
+    exact_removal(imp, val[0][:64])
+
+    fresh = training.get("imp", space, plan, total_steps=30, reinit=True)
+    trained = dict(space.model.named_parameters())
+    assert all(
+        not torch.equal(v, trained[n]) for n, v in fresh._rewound.items() if n.endswith("conv1.weight")
+    )  # the control: rewinding to a random initialisation
+
+
+def test_admm_projection_is_exact_and_the_dual_and_penalty_follow_the_formulas(digits) -> None:
+    import itertools
+
+    train, val = digits
+    space = small_space()
+    plan = a_plan(space)
+    admm = training.get("admm", space, plan, total_steps=40, admm=0.5, rounds=4, rho=1e-2, growth=2.0)
+    assert admm.updates == [4, 9, 14] and admm.prune_step == 19
+    model = admm.model
+    params = dict(model.named_parameters())
+    # Z starts as Π_S(W) in its own storage: exactly K_g non-zero channels, the ones of largest filter norm,
+    # and the nearest such point: no other choice of K_g channels is closer to W.
+    for g in admm.groups:
+        zero = {n: z for n, z in admm.Z.items() if n in admm.filters[g.name]}
+        norms = admm.channel_norms(zero, g)
+        assert int((norms > 0).sum()) == admm.target[g.name]
+        assert all(z.data_ptr() != params[n].data_ptr() for n, z in zero.items())
+    g = min(admm.groups, key=lambda g: g.channels)
+    w = {n: params[n].detach() for n in admm.filters[g.name]}
+    norms = admm.channel_norms(w, g) ** 2
+    subsets = itertools.combinations(range(g.channels), admm.target[g.name])
+    best = min(subsets, key=lambda s: float(norms.sum() - norms[list(s)].sum()))  # the nearest point of the set
+    assert sorted(best) == admm.projection(w)[g.name].tolist()
+
+    x, y = train
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    plain = {n: params[n].grad.clone() for n in admm.Z}
+    admm.before_step(model)
+    for n in admm.Z:
+        assert torch.allclose(params[n].grad, plain[n] + 1e-2 * (params[n].detach() - admm.Z[n] + admm.U[n]))
+    model.zero_grad()
+    admm.step = 4
+    before_u = {n: u.clone() for n, u in admm.U.items()}
+    admm.after_step(model)  # step 4: a Z- and U-step, ρ doubles
+    for n in admm.U:
+        assert torch.allclose(admm.U[n], before_u[n] + params[n].detach() - admm.Z[n])
+    assert admm.rho == 2e-2 and not admm.keep
+    admm.step = 5
+    user_loop(admm, train, 35)
+    assert admm.keep and {g: int(i.numel()) for g, i in admm.keep.items()} == admm.target
+    exact_removal(admm, val[0][:64])
+
+    def distance_to_the_constraint_set(method: training.Method) -> float:
+        """‖W − Π_S(W)‖: the filter mass outside the K_g strongest channels of every group."""
+        w = {n: p.detach() for n, p in method.model.named_parameters()}
+        kept = method.projection(w)
+        return (
+            sum(
+                float(method.channel_norms(w, g).pow(2).sum() - method.channel_norms(w, g)[kept[g.name]].pow(2).sum())
+                for g in method.groups
+            )
+            ** 0.5
+        )
+
+    # The penalty pulls the weights onto the constraint set: after the ADMM phase (19 steps, before the hard
+    # prune) a strong ρ leaves far less mass outside the K_g kept channels than a negligible one.
+    reached = {}
+    for rho in (1.0, 1e-9):
+        method = training.get("admm", space, plan, total_steps=40, rounds=4, rho=rho, growth=1.0, rho_max=1.0)
+        user_loop(method, train, 19)
+        assert not method.keep
+        reached[rho] = distance_to_the_constraint_set(method)
+    assert reached[1.0] < 0.5 * reached[1e-9]
+
+
+def test_scratch_baselines_train_the_plans_architecture_from_a_fresh_initialisation(digits) -> None:
+    train, _ = digits
+    space = small_space()
+    plan = a_plan(space)
+    e = training.get("scratch_e", space, plan, total_steps=10, seed=3)
+    assert ap.count_params(e.model) == space.params(plan)
+    one_shot = space.apply(plan)
+    for name, value in e.model.state_dict().items():
+        if name.endswith("bn1.weight"):
+            assert torch.equal(value, torch.ones_like(value))  # a BatchNorm as initialised, not as trained
+        if name.endswith("conv1.weight"):
+            assert not torch.equal(value, one_shot.state_dict()[name])
+    again = training.get("scratch_e", space, plan, total_steps=10, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(e.model.state_dict().values(), again.model.state_dict().values()))
+    b = training.get("scratch_b", space, plan, total_steps=10)
+    ratio = space.macs({}) / space.macs(plan)
+    assert b.total_steps == round(10 * min(2.0, ratio)) and b.total_steps > 10
+    user_loop(b, train, b.total_steps)
+    assert ap.count_macs(b.finalize(), torch.zeros(1, 1, 8, 8)) == space.macs(plan)
+
+
+def test_method_options_out_of_range_are_refused_before_training() -> None:
+    space = small_space()
+    plan = a_plan(space)
+    for name, options, message in [
+        ("imp", {"total_steps": 5, "rounds": 3}, "at least 2 steps per round"),
+        ("imp", {"total_steps": 30, "rewind": 1.0}, "rewind"),
+        ("admm", {"total_steps": 30, "admm": 1.0}, "admm"),
+        ("admm", {"total_steps": 30, "rho": 0}, "rho > 0"),
+        ("scratch_b", {"total_steps": 30, "cap": 0.5}, "cap"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            training.get(name, space, plan, **options)
+
+
+KILLED_RUN = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_training import a_plan, small_space
+from autoprune import training
+from autoprune.studyfile import DataSpec
+
+cls = training.METHODS[{name!r}]
+plain = cls.after_step
+
+def after_step(self, model, optimizer=None):
+    plain(self, model, optimizer)
+    if self.step == 17:
+        os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, a pre-empted node, a closed laptop
+
+cls.after_step = after_step
+space = small_space()
+data = DataSpec(dataset="digits", val_size=200).splits()
+training.run(space, a_plan(space), data, method={name!r}, steps=30, lr=0.05, batch_size=32, progress=False,
+             checkpoint={checkpoint!r}, checkpoint_every=5)
+"""
+
+
+@pytest.mark.parametrize("name", ["imp", "admm"])
+def test_a_training_killed_by_sigkill_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(tmp_path, name) -> None:
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "train.ckpt"
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), name=name, checkpoint=str(checkpoint))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["done"] == 15 and len(state["losses"]) == 15  # the last checkpoint before the kill
+
+    space = small_space()
+    plan = a_plan(space)
+    data = DataSpec(dataset="digits", val_size=200).splits()
+    options = dict(method=name, steps=30, lr=0.05, batch_size=32, progress=False, test=data.val)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed process ran: the same arithmetic, bit for bit
+    try:
+        resumed = training.run(space, plan, data, checkpoint=checkpoint, checkpoint_every=5, **options)
+        whole = training.run(space, plan, data, **options)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.record["resumed_at"] == 15 and "resumed_at" not in whole.record
+    assert resumed.record["loss_last"] == whole.record["loss_last"]
+    assert resumed.record["test"] == whole.record["test"]
+    for (key, a), b in zip(resumed.model.state_dict().items(), whole.model.state_dict().values()):
+        assert torch.equal(a, b), key
+
+    with pytest.raises(ValueError, match="written by another training run"):
+        training.run(space, plan, data, checkpoint=checkpoint, **{**options, "lr": 0.1})
+    checkpoint.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="cannot be read.*delete it"):
+        training.run(space, plan, data, checkpoint=checkpoint, **options)

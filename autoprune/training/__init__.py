@@ -4,8 +4,8 @@
 :class:`Method`); every method ends, in ``finalize``, with a network physically smaller at exactly the plan.
 """
 
-from . import agp, finetune, sfp, slim, taylor  # noqa: F401 - registers the methods
-from .base import METHODS, Method, get, masks
+from . import admm, agp, finetune, imp, scratch, sfp, slim, taylor  # noqa: F401 - registers the methods
+from .base import METHODS, Method, get, masks, reinitialise
 from .run import Trained, distillation_loss, run
 
-__all__ = ["METHODS", "Method", "Trained", "distillation_loss", "get", "masks", "run"]
+__all__ = ["METHODS", "Method", "Trained", "distillation_loss", "get", "masks", "reinitialise", "run"]

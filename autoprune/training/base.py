@@ -61,6 +61,8 @@ class Method:
     name: ClassVar[str] = ""
     #: HARD masks hold pruned channels at zero between events; SOFT masks only zero them at events.
     hard: ClassVar[bool] = True
+    #: The attributes that change during training: what a checkpoint saves (see :meth:`state_dict`).
+    state_keys: ClassVar[tuple[str, ...]] = ("step", "keep")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,6 +93,8 @@ class Method:
         if self.criterion.needs_data and calibration is None:
             raise ValueError(f"criterion {self.criterion.name!r} scores channels on data: pass calibration=batches")
         self.step = 0
+        #: The steps where a new phase of training starts (a trainer restarts its learning-rate schedule there).
+        self.restarts = [0]
         self.keep: Keep = {}  # the current masks' kept channels (groups not named keep all of theirs)
         self._masks: dict[str, torch.Tensor] = {}
         self.model = self.prepare()
@@ -142,6 +146,21 @@ class Method:
         model = self.model if model is None else model
         keep = self.final_keep(model)
         return self.space.over(model.state_dict()).build(keep)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The method's training state (:attr:`state_keys`: tensors, numbers and dicts of them), for a checkpoint
+        beside the model's and the optimiser's; loadable with ``torch.load(..., weights_only=True)``."""
+        return {key: getattr(self, key) for key in self.state_keys}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state (into a method constructed with the same arguments)."""
+        missing = set(self.state_keys) - set(state)
+        if missing:
+            raise ValueError(f"{self.name} checkpoint state lacks {sorted(missing)}")
+        for key in self.state_keys:
+            setattr(self, key, state[key])
+        self.set_keep(dict(self.keep))  # the masks follow from the kept channels (and, for SOFT ones, the step)
 
     # -- helpers for subclasses -------------------------------------------------------------------------------
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -212,6 +231,17 @@ def masks(space: PruningSpace, keep: Keep) -> dict[str, torch.Tensor]:
             mask = mask * keep_dim.view(shape)
         out[name] = mask
     return out
+
+
+def reinitialise(model: nn.Module) -> nn.Module:
+    """Reset every parameter and running statistic of ``model`` in place (each module's own
+    ``reset_parameters`` / ``reset_running_stats``), under torch's current RNG."""
+    for module in model.modules():
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+            module.reset_parameters()
+    return model
 
 
 def get(name: str, space: PruningSpace, plan: Mapping[str, float], **options: Any) -> Method:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +59,8 @@ def run(
     test: Any = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 200,
     **options: Any,
 ) -> Trained:
     """Train ``space``'s model under ``method`` towards ``plan`` for ``steps`` SGD steps and return it physically
@@ -64,14 +68,21 @@ def run(
 
     ``data``: the training samples (a Dataset, a ``(inputs, targets)`` tuple of tensors) or an object with
     ``.train`` (and ``.test``, used for the record unless ``test`` is given) such as `autoprune.data.Splits`.
-    SGD with Nesterov momentum 0.9, ``weight_decay`` and a cosine-decayed learning rate; batches drawn epoch by
-    epoch from permutations seeded by ``seed``. ``distill`` adds the unpruned model's soft targets
-    (``temperature``, weight ``alpha``) to every step, whatever the method. ``options`` go to the method
-    (``criterion``, ``calibration`` and its own, e.g. AGP's ``end``). The record holds the method, the steps, the
-    mean training loss of the first and last tenth, the wall time and, with test data, the test top-1 of the
-    one-shot network (``space.apply(plan)``) and of the result.
+    SGD with Nesterov momentum 0.9, ``weight_decay`` and a cosine-decayed learning rate (restarted where the
+    method starts a new phase: IMP's rounds); batches drawn epoch by epoch from permutations seeded by ``seed``.
+    Scratch-B trains its own stretched number of steps (``steps`` × the MACs ratio). ``distill`` adds the
+    unpruned model's soft targets (``temperature``, weight ``alpha``) to every step, whatever the method.
+    ``options`` go to the method (``criterion``, ``calibration`` and its own, e.g. AGP's ``end``).
+
+    ``checkpoint``: a file that receives the whole training state (model, optimiser, schedule, the method's
+    state, RNG, losses) every ``checkpoint_every`` steps, written atomically; when the file exists, training
+    resumes from it, so a killed run continues where its last checkpoint left it and ends as if it had not been
+    interrupted. A checkpoint written by a run with other arguments is refused.
+
+    The record holds the method, the steps, the mean training loss of the first and last tenth, the wall time
+    and, with test data, the test top-1 of the one-shot network (``space.apply(plan)``) and of the result.
     """
-    for key, value in (("steps", steps), ("batch_size", batch_size)):
+    for key, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if not lr > 0 or weight_decay < 0 or not temperature > 0 or not 0 <= alpha <= 1:
@@ -83,46 +94,77 @@ def run(
     test = test if test is not None else getattr(data, "test", None)
     source = as_source(train, "data")
     trainer = get(method, space, plan, total_steps=steps, **options)  # checks the plan and options first
+    total = trainer.total_steps  # Scratch-B stretches it
+    arguments = {
+        "method": method,
+        "plan": {g: float(v) for g, v in sorted(trainer.plan.items())},
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "distill": [temperature, alpha] if distill else None,
+        "seed": seed,
+        "options": repr(sorted((k, v) for k, v in options.items() if k != "calibration")),
+    }
     generator = torch.Generator().manual_seed(seed)
-    batches = random_batches(len(source), batch_size, steps, generator)
+    batches = random_batches(len(source), batch_size, total, generator)
     teacher = copy.deepcopy(space.model).eval() if distill else None  # the user's model keeps its mode
     model = trainer.model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_phases(trainer.restarts, total))
     losses: list[float] = []
-    start = time.perf_counter()
-    bar = _progress(progress, f"{method}{' + distillation' if distill else ''}", steps)
-    model.train()
-    with torch.random.fork_rng(), bar as tick:
+    done, elapsed = 0, 0.0
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for key in batches:
-            inputs, target = source.batch(key)
-            logits = logits_of(model(*inputs))
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = logits_of(teacher(*inputs))
-                loss = distillation_loss(logits, soft, target, temperature, alpha)
-            else:
-                loss = F.cross_entropy(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.before_step(model, optimizer)
-            optimizer.step()
-            trainer.after_step(model, optimizer)
-            schedule.step()
-            losses.append(float(loss.detach()))
-            tick()
+        if checkpoint is not None and os.path.exists(checkpoint):
+            done, elapsed = _resume(checkpoint, arguments, model, optimizer, schedule, trainer, losses)
+        start = time.perf_counter() - elapsed
+        bar = _progress(progress, f"{method}{' + distillation' if distill else ''}", total, done)
+        model.train()
+        with bar as tick:
+            for step in range(done, total):
+                inputs, target = source.batch(batches[step])
+                logits = logits_of(model(*inputs))
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = logits_of(teacher(*inputs))
+                    loss = distillation_loss(logits, soft, target, temperature, alpha)
+                else:
+                    loss = F.cross_entropy(logits.float(), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                trainer.before_step(model, optimizer)
+                optimizer.step()
+                trainer.after_step(model, optimizer)
+                schedule.step()
+                losses.append(float(loss.detach()))
+                tick()
+                if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
+                    state = {
+                        "arguments": arguments,
+                        "done": step + 1,
+                        "seconds": time.perf_counter() - start,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "method": trainer.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "losses": losses,
+                    }
+                    _save_atomically(state, checkpoint)
     pruned = trainer.finalize(model)
-    tenth = max(1, steps // 10)
+    tenth = max(1, total // 10)
     record: dict[str, Any] = {
         "method": method,
-        "steps": steps,
+        "steps": total,
         "lr": lr,
         "distill": {"temperature": temperature, "alpha": alpha} if distill else None,
         "loss_first": sum(losses[:tenth]) / tenth,
         "loss_last": sum(losses[-tenth:]) / tenth,
         "seconds": time.perf_counter() - start,
     }
+    if done:
+        record["resumed_at"] = done
     if test is not None:
         from ..evaluators import AccuracyEvaluator
 
@@ -135,11 +177,61 @@ def run(
     return Trained(pruned, record)
 
 
+def _cosine_phases(restarts: list[int], total: int) -> Any:
+    """The learning-rate factor at each step: a cosine from 1 to 0 over each phase between restarts."""
+    bounds = [*sorted(set(restarts) | {0}), total]
+
+    def factor(step: int) -> float:
+        for begin, end in zip(bounds, bounds[1:]):
+            if begin <= step < end:
+                return 0.5 * (1 + math.cos(math.pi * (step - begin) / max(end - begin, 1)))
+        return 0.0
+
+    return factor
+
+
+def _save_atomically(state: dict[str, Any], path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def _resume(
+    path: str | os.PathLike,
+    arguments: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    trainer: Any,
+    losses: list[float],
+) -> tuple[int, float]:
+    """Load a checkpoint of this very run into the live objects; returns (steps done, seconds spent)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file: say which and what to do
+        raise ValueError(f"checkpoint {os.fspath(path)!r} cannot be read ({error}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("arguments") != arguments:
+        theirs = state.get("arguments") if isinstance(state, dict) else None
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} was written by another training run ({theirs}), not this one "
+            f"({arguments}); pass another checkpoint path or delete it to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    trainer.load_state_dict(state["method"])
+    torch.set_rng_state(state["rng"])
+    losses.extend(state["losses"])
+    return int(state["done"]), float(state["seconds"])
+
+
 class _progress:
     """A rich progress bar over the steps (or nothing), used as ``with _progress(...) as tick: tick()``."""
 
-    def __init__(self, show: bool, label: str, total: int) -> None:
-        self.show, self.label, self.total = show, label, total
+    def __init__(self, show: bool, label: str, total: int, done: int = 0) -> None:
+        self.show, self.label, self.total, self.done = show, label, total, done
 
     def __enter__(self):  # noqa: ANN204
         if not self.show:
@@ -148,7 +240,7 @@ class _progress:
 
         self._bar = Progress(transient=True)
         self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
+        task = self._bar.add_task(self.label, total=self.total, completed=self.done)
         return lambda: self._bar.advance(task)
 
     def __exit__(self, *exc: Any) -> None:

@@ -24,6 +24,7 @@ class Taylor(Method):
     and ``momentum`` (across events, default 0.9)."""
 
     name = "taylor"
+    state_keys = (*Method.state_keys, "_sum", "_count", "importance")
 
     def __init__(
         self,
