@@ -278,6 +278,7 @@ def search(
             )
         out = export_dir or Path(config.export.dir or (path.parent / "out" / config.study_name))
         _check_out(out)
+        _check_training(setup)
         evaluator = _evaluator(setup, devices[0]) if workers == 1 else None
         calibration = setup.calibration() if workers == 1 else None  # (each worker takes its own)
         study = _create(setup, path)
@@ -460,21 +461,75 @@ def _test_evaluator(setup: Setup) -> Any:
     return AccuracyEvaluator(splits.test, bn_recalibration_batches=0, **_accuracy_options(setup.config))
 
 
-def _finetune(setup: Setup, model: torch.nn.Module, steps: int, lr: float) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on the training split (the long-term fine-tune)."""
-    from .evaluators import AccuracyEvaluator
+def _check_training(setup: Setup, method: str | None = None, steps: int | None = None) -> None:
+    """Refuse the export block's training method and options now, not after the search: the method is
+    constructed once on the model (a plan that prunes nothing), which checks every option's value."""
+    from . import training
+
+    spec = setup.config.export
+    method = spec.method if method is None else method
+    steps = spec.finetune_steps if steps is None else steps
+    if not steps and method == spec.method:
+        return
+    options = dict(spec.method_options) if method == spec.method else {}
+    if setup.needs_data():
+        options.setdefault("calibration", setup.calibration())
+    training.get(method, setup.space, {}, total_steps=steps or 1000, **options)
+
+
+def _train(
+    setup: Setup, net: Any, model: torch.nn.Module, steps: int, out: Path, method: str | None, distill: bool | None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train the exported network on the training split with the study's training-aware method (``method`` and
+    ``distill`` override the study file's ``export`` block): ``finetune`` trains ``model`` (the network the trial
+    scored), every other method trains the trial's full-size weights towards its plan. A checkpoint in ``out``
+    lets a killed export resume its training; it is removed once the training is done."""
+    from . import training
+    from .utils import num_threads
 
     config = setup.config
+    spec = config.export
     if config.evaluator.name != "accuracy":
         raise ValueError(
-            f"fine-tuning before export trains on the accuracy evaluator's data; this study's evaluator is "
-            f"{config.evaluator.name!r}: export without --finetune and fine-tune the network yourself"
+            f"training before export uses the accuracy evaluator's data; this study's evaluator is "
+            f"{config.evaluator.name!r}: export without --finetune and train the network yourself"
         )
+    method = spec.method if method is None else method
+    options = dict(spec.method_options) if method == spec.method else {}
+    training.check_options(method, options)
+    distill = spec.distill if distill is None else distill
+    if method == "finetune":
+        options["pruned"] = model
+    if setup.needs_data():
+        options.setdefault("calibration", setup.calibration())
     splits = setup.splits()
-    console.print(f"fine-tuning {steps} steps (lr {lr}) on {len(splits.train)} training samples ...")
-    train = dict(train_data=splits.train, finetune_steps=steps, finetune_lr=lr, bn_recalibration_batches=0)
-    AccuracyEvaluator(splits.val, batches=1, **train, **_accuracy_options(config))(model)
-    return {"steps": steps, "lr": lr}
+    console.print(
+        f"training {steps} steps ({method}{' + distillation' if distill else ''}, lr {spec.finetune_lr}) "
+        f"on {len(splits.train)} training samples ..."
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "training.ckpt"
+    with num_threads(config.threads):
+        result = training.run(
+            net.space,
+            net.plan,
+            splits.train,
+            method=method,
+            steps=steps,
+            lr=spec.finetune_lr,
+            distill=distill,
+            temperature=spec.distill_temperature,
+            alpha=spec.distill_alpha,
+            seed=config.seed,
+            checkpoint=checkpoint,
+            **options,
+        )
+    checkpoint.unlink(missing_ok=True)
+    record = dict(result.record)  # method, steps trained (Scratch-B's stretched), lr, distillation, losses, time
+    chosen = {k: v for k, v in options.items() if k not in ("calibration", "pruned")}
+    if chosen:
+        record["options"] = chosen
+    return result.model, record
 
 
 def _export_best(
@@ -485,6 +540,8 @@ def _export_best(
     finetune_steps: int | None = None,
     weights: str = "trial",
     report: bool | None = None,
+    method: str | None = None,
+    distill: bool | None = None,
 ) -> Path:
     """Export a trial's network (the best by default) as it was scored, fine-tuned when asked, with its result
     card (REPORT.md and PNGs beside it, the figures in structure.json) unless ``report`` is False."""
@@ -511,7 +568,7 @@ def _export_best(
     card: dict[str, Any] = {}
     if steps:
         before = float(test(copy.deepcopy(model))["accuracy"]) if test is not None else None
-        extra["finetune"] = _finetune(setup, model, steps, config.export.finetune_lr)
+        model, extra["finetune"] = _train(setup, net, model, steps, out, method, distill)
         card["finetune"] = extra["finetune"]
         if before is not None:
             extra["finetune"]["test_before"] = before
@@ -604,8 +661,20 @@ def export(
         None,
         "--finetune",
         min=0,
-        help="Fine-tune the network this many SGD steps on the training split before writing it "
+        help="Train the network this many SGD steps on the training split before writing it "
         "(default: the study file's export.finetune_steps); prints test accuracy before and after.",
+    ),
+    method: Optional[str] = typer.Option(
+        None,
+        "--method",
+        help="How to train it (default: the study file's export.method, finetune): finetune (the one-shot network), "
+        "agp, slim, sfp, fpgm, taylor, imp, admm (prune the trial's full-size weights to its plan while training), "
+        "scratch_e, scratch_b (its architecture from a random initialisation). A killed run resumes its training.",
+    ),
+    distill: Optional[bool] = typer.Option(
+        None,
+        "--distill/--no-distill",
+        help="Distil from the unpruned model while training (default: the study file's export.distill).",
     ),
     weights: str = typer.Option(
         "trial",
@@ -626,7 +695,8 @@ def export(
         config, base_dir, url = _from_args(study_file, study, storage)
         setup = _setup(config, base_dir, url)
         s = _load(config.study_name, url)
-        where = _export_best(setup, s, out, trial, finetune, weights, report)
+        _check_training(setup, method, finetune)  # a bad method or option: refused before anything is built
+        where = _export_best(setup, s, out, trial, finetune, weights, report, method, distill)
     except BAD_INPUT as err:
         _fail(err)
     console.print(f"exported to [bold]{where}[/]")

@@ -56,13 +56,13 @@ class Report:
             if tuned:
                 rows.append(
                     (
-                        "test accuracy, before fine-tuning",
+                        "test accuracy, before training",
                         f"{base['test_accuracy']:.2%}",
                         f"{pruned['test_accuracy_before_finetune']:.2%}",
                         _pp(pruned["test_accuracy_before_finetune"] - base["test_accuracy"]),
                     )
                 )
-            label = f"test accuracy (after {tuned['steps']} fine-tune steps)" if tuned else "test accuracy"
+            label = f"test accuracy (after {_training(tuned)})" if tuned else "test accuracy"
             rows.append(
                 (
                     label,
@@ -296,3 +296,10 @@ def _caption(f: Mapping[str, Any]) -> str:
             "undisturbed), so these latencies are unreliable: export again on an idle machine."
         )
     return text
+
+
+def _training(record: dict) -> str:
+    """How the network was trained, in words: "500 fine-tune steps", "2000 steps of agp + distillation"."""
+    method = record.get("method", "finetune")
+    what = f"{record['steps']} fine-tune steps" if method == "finetune" else f"{record['steps']} steps of {method}"
+    return what + (" + distillation" if record.get("distill") else "")

@@ -267,14 +267,43 @@ class StrategySpec(_Strict):
 
 
 class ExportSpec(_Strict):
-    """Where the best structure goes; ``finetune_steps`` > 0 fine-tunes it first on the training split; ``report``
-    measures it against the unpruned model (the result card)."""
+    """Where the best structure goes; ``finetune_steps`` > 0 trains it first on the training split with the
+    training-aware ``method`` (``autoprune.training``: finetune, agp, slim, sfp, fpgm, taylor, imp, admm, scratch_e,
+    scratch_b) and its ``method_options``, optionally distilling from the unpruned model; ``report`` measures it
+    against the unpruned model (the result card)."""
 
     dir: str | None = None
     formats: list[Literal["pt2", "onnx"]] = Field(default_factory=list)
     finetune_steps: int = Field(default=0, ge=0)
     finetune_lr: float = Field(default=0.01, gt=0)
+    method: str = "finetune"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    distill: bool = False
+    distill_temperature: float = Field(default=4.0, gt=0)
+    distill_alpha: float = Field(default=0.5, ge=0, le=1)
     report: bool = True  # the result card: REPORT.md, PNGs and figures in structure.json (test accuracy, latency)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from . import training
+
+        training.options(v)  # a registered method: a clear error naming the known ones otherwise
+        return v
+
+    @field_validator("method_options")
+    @classmethod
+    def _method_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from . import training
+
+        name = info.data.get("method")
+        if name is not None and v:
+            training.check_options(name, v, supplied=SUPPLIED_TO_METHODS)
+        return v
+
+
+#: What the export's trainer gives every method itself (not a study file's ``method_options``).
+SUPPLIED_TO_METHODS = ("total_steps", "calibration", "pruned")
 
 
 class StudyFile(_Strict):

@@ -110,6 +110,38 @@ def test_search_show_export_round_trip(tmp_path):
     tuned_model = ap.load(tuned_dir, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     assert not torch.equal(tuned_model.fc.weight, model.fc.weight)
 
+    # A training-aware method instead: AGP prunes the full-size weights to the same plan while training,
+    # distilling from the unpruned model; the network written is at exactly the trial's structure.
+    agp_dir = tmp_path / "trial1-agp"
+    agp = _cli(
+        "export",
+        str(study),
+        "--out",
+        str(agp_dir),
+        "--trial",
+        "1",
+        "--finetune",
+        "30",
+        "--method",
+        "agp",
+        "--distill",
+        "--no-report",
+        cwd=tmp_path,
+    )
+    assert agp.returncode == 0, agp.stderr + agp.stdout
+    record = json.loads((agp_dir / "structure.json").read_text())
+    assert record["finetune"]["method"] == "agp" and record["finetune"]["steps"] == 30
+    assert record["finetune"]["distill"] == {"temperature": 4.0, "alpha": 0.5}
+    assert record["macs"] == structure["macs"] and record["params"] == structure["params"]
+    assert not (agp_dir / "training.ckpt").exists()  # the resume checkpoint goes once the training is done
+    agp_model = ap.load(agp_dir, ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
+    assert ap.count_macs(agp_model, torch.zeros(1, 1, 8, 8)) == structure["macs"]
+    typo = _cli(
+        "export", str(study), "--out", str(tmp_path / "typo"), "--finetune", "5", "--method", "agb", cwd=tmp_path
+    )
+    assert typo.returncode == 2 and "unknown training method 'agb'. Did you mean 'agp'" in " ".join(typo.stdout.split())
+    assert "Traceback" not in typo.stdout + typo.stderr
+
 
 def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     bad = tmp_path / "bad.yaml"

@@ -200,3 +200,15 @@ def test_cli_search_with_a_criterion_that_needs_data_calibrates_on_training_batc
     assert structure["criterion"] == "taylor"
     model = ap.load(tmp_path / "out" / "tiny", ap.zoo.resnet20(in_channels=1, stage_widths=(8, 16, 32)))
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_the_export_blocks_training_method_and_its_options_are_checked_with_their_line():
+    base = {"study_name": "m", "model": {"zoo": "resnet20", "input_shape": [1, 1, 28, 28]}}
+    config = parse_study({**base, "export": {"finetune_steps": 100, "method": "admm", "method_options": {"rho": 1e-2}}})
+    assert config.export.method == "admm" and config.export.method_options == {"rho": 1e-2}
+    with pytest.raises(StudyFileError, match=r"export.method: unknown training method 'sfpp'. Did you mean 'sfp'"):
+        parse_study({**base, "export": {"method": "sfpp"}})
+    with pytest.raises(StudyFileError, match=r"no option 'ends' for training method agp; allowed: .*Did you mean 'end'"):
+        parse_study({**base, "export": {"method": "agp", "method_options": {"ends": 0.3}}})
+    with pytest.raises(StudyFileError, match=r"no option 'total_steps' for training method agp"):  # export sets it
+        parse_study({**base, "export": {"method": "agp", "method_options": {"total_steps": 3}}})

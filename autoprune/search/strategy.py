@@ -95,10 +95,9 @@ class TrialNetwork:
     def build(self, calibration: Any = None) -> nn.Module:
         model = self.space.apply(self.plan, self.criterion, calibration=calibration)
         if self.from_scratch:
-            for m in model.modules():
-                reset = getattr(m, "reset_parameters", None)
-                if callable(reset):
-                    reset()
+            from ..training import reinitialise
+
+            reinitialise(model)
         return model
 
 

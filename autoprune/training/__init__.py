@@ -5,7 +5,18 @@
 """
 
 from . import admm, agp, finetune, imp, scratch, sfp, slim, taylor  # noqa: F401 - registers the methods
-from .base import METHODS, Method, get, masks, reinitialise
+from .base import METHODS, Method, check_options, get, masks, options, reinitialise
 from .run import Trained, distillation_loss, run
 
-__all__ = ["METHODS", "Method", "Trained", "distillation_loss", "get", "masks", "reinitialise", "run"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "Trained",
+    "check_options",
+    "distillation_loss",
+    "get",
+    "masks",
+    "options",
+    "reinitialise",
+    "run",
+]

@@ -244,11 +244,44 @@ def reinitialise(model: nn.Module) -> nn.Module:
     return model
 
 
-def get(name: str, space: PruningSpace, plan: Mapping[str, float], **options: Any) -> Method:
-    """The method ``name`` (see :data:`METHODS`) for ``plan`` on ``space``; ``options`` are its own and the
-    common ``total_steps``, ``criterion``, ``calibration``."""
+def options(name: str) -> list[str]:
+    """The keyword options method ``name`` takes: its own and the common ``total_steps``, ``criterion``,
+    ``calibration``."""
+    import inspect
+
+    names: list[str] = []
+    for klass in _method_class(name).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def check_options(name: str, given: Mapping[str, Any], *, supplied: tuple[str, ...] = ()) -> None:
+    """A clear error for an option method ``name`` does not take (``supplied``: those the caller sets itself)."""
+    allowed = [k for k in options(name) if k not in supplied]
+    for key in given:
+        if key not in allowed:
+            raise ValueError(
+                f"no option {key!r} for training method {name}; allowed: {', '.join(allowed)}."
+                f"{did_you_mean(key, allowed, n=1)}"
+            )
+
+
+def _method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ValueError(
             f"unknown training method {name!r}.{did_you_mean(name, METHODS)} Known: {', '.join(sorted(METHODS))}"
         )
-    return METHODS[name](space, plan, **options)
+    return METHODS[name]
+
+
+def get(name: str, space: PruningSpace, plan: Mapping[str, float], **options: Any) -> Method:
+    """The method ``name`` (see :data:`METHODS`) for ``plan`` on ``space``; ``options`` are its own and the
+    common ``total_steps``, ``criterion``, ``calibration``."""
+    cls = _method_class(name)
+    check_options(name, options)
+    return cls(space, plan, **options)

@@ -104,7 +104,7 @@ def run(
         "weight_decay": weight_decay,
         "distill": [temperature, alpha] if distill else None,
         "seed": seed,
-        "options": repr(sorted((k, v) for k, v in options.items() if k != "calibration")),
+        "options": repr(sorted((k, v) for k, v in options.items() if k not in ("calibration", "pruned"))),
     }
     generator = torch.Generator().manual_seed(seed)
     batches = random_batches(len(source), batch_size, total, generator)
