@@ -471,6 +471,11 @@ def _check_training(setup: Setup, method: str | None = None, steps: int | None =
     steps = spec.finetune_steps if steps is None else steps
     if not steps and method == spec.method:
         return
+    if not training.options(method) or not training.METHODS[method].structured:
+        raise ValueError(
+            f"training method {method!r} prunes single weights, not channels: an export writes a searched channel "
+            "plan; use ap.training.get('level', space, sparsities) in Python for unstructured pruning"
+        )
     options = dict(spec.method_options) if method == spec.method else {}
     if setup.needs_data():
         options.setdefault("calibration", setup.calibration())

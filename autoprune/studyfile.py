@@ -289,6 +289,8 @@ class ExportSpec(_Strict):
         from . import training
 
         training.options(v)  # a registered method: a clear error naming the known ones otherwise
+        if not training.METHODS[v].structured:
+            raise ValueError(f"{v!r} prunes single weights, not channels: an export writes the searched channel plan")
         return v
 
     @field_validator("method_options")

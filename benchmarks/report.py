@@ -1,12 +1,18 @@
-"""Shared by the benchmark scripts: rewrite one marked section of BENCHMARKS.md and leave the others alone."""
+"""Shared by the benchmark scripts: rewrite one marked section of BENCHMARKS.md and leave the others alone; run a
+measurement once and keep its result, so an interrupted benchmark continues where it stopped."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import tempfile
+from datetime import date
 from pathlib import Path
+from typing import Any
 
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
 def write_section(name: str, text: str, *, after: str | None = None, path: Path = BENCHMARKS_MD) -> Path:
@@ -34,3 +40,31 @@ def write_section(name: str, text: str, *, after: str | None = None, path: Path 
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
+
+
+def recorded(folder: str, key: str, fn: Any, *args: Any) -> dict:
+    """Run ``fn(*args)`` (in a worker), or return its recorded result: each finished measurement is kept as
+    ``folder/key.json`` (with the date and commit it was measured at), so an interrupted invocation re-run with the
+    same options continues where it stopped instead of starting over."""
+    import torch
+
+    path = Path(folder) / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(1)
+    result = fn(*args)
+    result["measured"] = {"date": str(date.today()), "commit": commit()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    return result
+
+
+def commit() -> str:
+    """The checkout's short commit hash ("unknown" outside git)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

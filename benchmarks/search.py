@@ -34,17 +34,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
-from report import write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+from report import commit, recorded, write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 import autoprune as ap
 from autoprune.data import fashion_mnist_splits
@@ -105,31 +103,6 @@ def _generations(done: list) -> list[dict]:
     for t in done:
         by.setdefault(t.user_attrs["metapruning"]["generation"], []).append(t.values[0])
     return [{"n": len(v), "best": max(v), "mean": sum(v) / len(v)} for _, v in sorted(by.items())]
-
-
-def _job(folder: str, key: str, fn: Any, *args: Any) -> dict:
-    """Run ``fn(*args)`` in a worker, or return its recorded result: each finished search and fine-tune is kept as
-    ``folder/key.json`` (with the date and commit it was measured at), so an interrupted invocation re-run with the
-    same options continues where it stopped instead of starting over."""
-    path = Path(folder) / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    torch.set_num_threads(1)
-    result = fn(*args)
-    result["measured"] = {"date": str(date.today()), "commit": _commit()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
-    return result
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _space() -> ap.PruningSpace:
@@ -304,7 +277,7 @@ def main() -> None:
             options = {"initial_reduction": args.netadapt_reduction}
             key += f"-ft{args.netadapt_finetune}-r{args.netadapt_reduction}"
         args_ = (key, name, budget, trials, str(folder), options, args.netadapt_finetune)
-        return key, pool.submit(_job, str(folder), key, run_search, *args_)
+        return key, pool.submit(recorded, str(folder), key, run_search, *args_)
 
     # NetAdapt first: its SGD steps set the equal-compute fine-tune of every other row.
     names = sorted(args.strategies.split(","), key=lambda n: n != "netadapt")
@@ -312,7 +285,10 @@ def main() -> None:
         n: search_job("short", n, args.budget, args.netadapt_trials if n == "netadapt" else args.trials) for n in names
     }
     tp_key = f"short-torch-pruning-{args.budget}"
-    short["Torch-Pruning global L2"] = (tp_key, pool.submit(_job, str(folder), tp_key, run_torch_pruning, args.budget))
+    short["Torch-Pruning global L2"] = (
+        tp_key,
+        pool.submit(recorded, str(folder), tp_key, run_torch_pruning, args.budget),
+    )
     long_jobs = [
         search_job("long", n, float(b), args.long_trials)
         for b in filter(None, args.long_budgets.split(","))
@@ -329,7 +305,9 @@ def main() -> None:
     netadapt = results.get("netadapt")
     steps = netadapt["steps"] if netadapt else 0
     tuned_jobs = {
-        name: pool.submit(_job, str(folder), f"tuned-{key}-{steps}", run_finetune, results[name], str(folder), steps)
+        name: pool.submit(
+            recorded, str(folder), f"tuned-{key}-{steps}", run_finetune, results[name], str(folder), steps
+        )
         for name, (key, _) in short.items()
         if steps and name != "netadapt"
     }
@@ -356,7 +334,7 @@ def _measured(results: Any) -> str:
     dates = sorted({r["measured"]["date"] for r in results if r.get("measured")})
     commits = sorted({r["measured"]["commit"] for r in results if r.get("measured")})
     span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else str(date.today())
-    return f"measured {span} at commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or _commit()}"
+    return f"measured {span} at commit{'s' if len(commits) > 1 else ''} {', '.join(commits) or commit()}"
 
 
 def _short_section(results: dict, tuned: dict, base: float, space: ap.PruningSpace, args: argparse.Namespace) -> str:

@@ -470,3 +470,60 @@ def test_a_training_killed_by_sigkill_resumes_from_its_checkpoint_and_ends_as_if
     checkpoint.write_bytes(b"truncated")
     with pytest.raises(ValueError, match="cannot be read.*delete it"):
         training.run(space, plan, data, checkpoint=checkpoint, **options)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_level_prunes_single_weights_to_the_planned_sparsity_and_saves_masked_and_csr(digits, tmp_path, scope) -> None:
+    from autoprune.training import level
+
+    train, val = digits
+    space = small_space()
+    plan = {"conv1": 0.5, "layer2.0.conv1": 0.8, "layer3.2.conv2": 0.9, "fc": 0.3}
+    method = training.get("level", space, plan, total_steps=20, scope=scope, end=0.5, frequency=2)
+    assert method.events and max(method.events) == 9
+    zeros = []
+
+    def count(step: int, when: str, optimizer: torch.optim.Optimizer) -> None:
+        if when == "hooked":
+            zeros.append({n: int((m == 0).sum()) for n, m in method._masks.items()})
+
+    user_loop(method, train, 20, check=count)
+    for earlier, later in zip(zeros, zeros[1:]):
+        assert all(later[n] >= earlier.get(n, 0) for n in later)  # HARD: a pruned weight never comes back
+    model = method.finalize()
+    reached = level.sparsity(model)
+    modules = dict(model.named_modules())
+    zero = {n: int((modules[n].weight == 0).sum()) for n in plan}
+    sizes = {n: modules[n].weight.numel() for n in plan}
+    if scope == "layer":  # exactly the planned share of each layer
+        assert zero == {n: round(s * sizes[n]) for n, s in plan.items()}
+    else:  # one threshold over the listed layers: the planned number of zeros in all, shared unevenly
+        assert sum(zero.values()) == round(sum(s * sizes[n] for n, s in plan.items()))
+        assert zero != {n: round(s * sizes[n]) for n, s in plan.items()}
+    assert all(reached[n] == 0 for n in reached if n not in plan)
+    assert ap.count_macs(model, torch.zeros(1, 1, 8, 8)) == space.macs({})  # unstructured: the shape stays
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(val[0][:64])
+    torch.save(model.state_dict(), tmp_path / "masked.pt")
+    state = torch.load(tmp_path / "masked.pt", weights_only=True)
+    assert any(k.endswith("weight_mask") for k in state) and any(k.endswith("weight_orig") for k in state)
+    back = level.load_masked(small_space().model, state).eval()
+    torch.save(level.to_sparse_csr(model), tmp_path / "csr.pt")
+    csr = torch.load(tmp_path / "csr.pt", weights_only=True)
+    assert csr["layer3.2.conv2.weight"].layout == torch.sparse_csr
+    dense = level.load_sparse_csr(small_space().model, csr).eval()
+    with torch.no_grad():
+        assert torch.equal(back(val[0][:64]), expected)
+        assert torch.allclose(dense(val[0][:64]), expected, atol=1e-6)
+    assert (tmp_path / "csr.pt").stat().st_size < (tmp_path / "masked.pt").stat().st_size
+
+    with pytest.raises(ValueError, match="'layer9.conv1' is not a layer with a weight to prune"):
+        training.get("level", space, {"layer9.conv1": 0.5}, total_steps=10)
+    with pytest.raises(ValueError, match="must be a number in \\[0, 1\\)"):
+        training.get("level", space, {"fc": 1.5}, total_steps=10)
+    with pytest.raises(ValueError, match="scope"):
+        training.get("level", space, 0.5, total_steps=10, scope="network")
+    one_shot = training.get("level", space, 0.5, total_steps=10, schedule="one_shot")
+    assert all(abs(s - 0.5) < 0.01 for s in level.sparsity(one_shot.model).values())

@@ -4,7 +4,7 @@
 :class:`Method`); every method ends, in ``finalize``, with a network physically smaller at exactly the plan.
 """
 
-from . import admm, agp, finetune, imp, scratch, sfp, slim, taylor  # noqa: F401 - registers the methods
+from . import admm, agp, finetune, imp, level, scratch, sfp, slim, taylor  # noqa: F401 - registers the methods
 from .base import METHODS, Method, check_options, get, masks, options, reinitialise
 from .run import Trained, distillation_loss, run
 

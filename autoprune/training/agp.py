@@ -31,19 +31,9 @@ class AGP(Method):
     def __init__(
         self, space: Any, plan: Any, *, start: float = 0.0, end: float = 0.5, frequency: int | None = None, **kw: Any
     ) -> None:
-        if not 0 <= start < end <= 1:
-            raise ValueError(f"AGP needs 0 <= start < end <= 1 (fractions of the training), got {start}, {end}")
-        if frequency is not None and (not isinstance(frequency, int) or frequency < 1):
-            raise ValueError(f"AGP's frequency must be a positive number of steps, got {frequency!r}")
+        check_window("AGP", start, end, frequency)
         super().__init__(space, plan, **kw)
-        first = int(round(start * self.total_steps))
-        last = max(first, min(self.total_steps - 1, int(round(end * self.total_steps)) - 1))
-        if frequency is None:
-            frequency = max(1, math.ceil((last - first) / 10))
-        n = max(1, math.ceil((last - first) / frequency))
-        steps = sorted({min(first + j * frequency, last) for j in range(n + 1)})
-        span = max(last - first, 1)
-        self.events = {t: (1.0 if t == last else (t - first) / span) for t in steps}
+        self.events = events(self.total_steps, start, end, frequency)
         self.start, self.end, self.frequency = start, end, frequency
 
     def removed(self, tau: float) -> dict[str, int]:
@@ -58,3 +48,24 @@ class AGP(Method):
 def cubic(tau: float) -> float:
     """AGP's ramp: the share of the final sparsity reached at ``tau`` in [0, 1], 1 − (1 − τ)³."""
     return 1 - (1 - min(max(tau, 0.0), 1.0)) ** 3
+
+
+def check_window(who: str, start: float, end: float, frequency: int | None) -> None:
+    """A clear error for a pruning window or event spacing that cannot be scheduled."""
+    if not 0 <= start < end <= 1:
+        raise ValueError(f"{who} needs 0 <= start < end <= 1 (fractions of the training), got {start}, {end}")
+    if frequency is not None and (not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1):
+        raise ValueError(f"{who}'s frequency must be a positive number of steps, got {frequency!r}")
+
+
+def events(total: int, start: float, end: float, frequency: int | None) -> dict[int, float]:
+    """AGP's pruning events over ``total`` steps: step -> schedule position τ in [0, 1], every ``frequency`` steps
+    (default: 10 events) from ``start`` to ``end`` (fractions of the training), the last exactly at τ = 1."""
+    first = int(round(start * total))
+    last = max(first, min(total - 1, int(round(end * total)) - 1))
+    if frequency is None:
+        frequency = max(1, math.ceil((last - first) / 10))
+    n = max(1, math.ceil((last - first) / frequency))
+    steps = sorted({min(first + j * frequency, last) for j in range(n + 1)})
+    span = max(last - first, 1)
+    return {t: (1.0 if t == last else (t - first) / span) for t in steps}

@@ -61,6 +61,8 @@ class Method:
     name: ClassVar[str] = ""
     #: HARD masks hold pruned channels at zero between events; SOFT masks only zero them at events.
     hard: ClassVar[bool] = True
+    #: The method ends physically smaller at the plan (False: Level, which ends with masks on a dense network).
+    structured: ClassVar[bool] = True
     #: The attributes that change during training: what a checkpoint saves (see :meth:`state_dict`).
     state_keys: ClassVar[tuple[str, ...]] = ("step", "keep")
 
@@ -118,6 +120,10 @@ class Method:
         if all(int(self.keep.get(g, torch.empty(0)).numel()) == k for g, k in self.target.items()):
             return dict(self.keep)
         return self.select(model, self.target)
+
+    def one_shot(self) -> nn.Module:
+        """The plan applied at once, before any training: what the training is compared with."""
+        return self.space.apply(self.plan, self.criterion, calibration=self.calibration)
 
     # -- the hooks --------------------------------------------------------------------------------------------
     def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -45,7 +45,7 @@ class Trained:
 
 def run(
     space: PruningSpace,
-    plan: dict[str, float],
+    plan: dict[str, float] | float,
     data: Any,
     *,
     method: str = "finetune",
@@ -64,7 +64,7 @@ def run(
     **options: Any,
 ) -> Trained:
     """Train ``space``'s model under ``method`` towards ``plan`` for ``steps`` SGD steps and return it physically
-    smaller at exactly the plan.
+    smaller at exactly the plan (``level``: with its weights masked; its plan is per layer, or one number).
 
     ``data``: the training samples (a Dataset, a ``(inputs, targets)`` tuple of tensors) or an object with
     ``.train`` (and ``.test``, used for the record unless ``test`` is given) such as `autoprune.data.Splits`.
@@ -97,7 +97,7 @@ def run(
     total = trainer.total_steps  # Scratch-B stretches it
     arguments = {
         "method": method,
-        "plan": {g: float(v) for g, v in sorted(trainer.plan.items())},
+        "plan": float(plan) if isinstance(plan, (int, float)) else {str(g): float(v) for g, v in sorted(plan.items())},
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
@@ -169,9 +169,7 @@ def run(
         from ..evaluators import AccuracyEvaluator
 
         score = AccuracyEvaluator(test, bn_recalibration_batches=0)
-        record["test_one_shot"] = score(space.apply(plan, trainer.criterion, calibration=trainer.calibration))[
-            "accuracy"
-        ]
+        record["test_one_shot"] = score(trainer.one_shot())["accuracy"]
         record["test"] = score(pruned)["accuracy"]
     pruned.eval()
     return Trained(pruned, record)

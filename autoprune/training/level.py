@@ -1,0 +1,204 @@
+"""Level pruning: unstructured magnitude pruning of individual weights (Han et al., "Learning both Weights and
+Connections", NeurIPS 2015; NNI's ``LevelPruner``), during training.
+
+Unlike every other method here it removes no channel: the network keeps its shape and its MACs, and ends with
+masks. The plan gives element sparsities per layer — ``{"layer1.0.conv1": 0.8, "fc": 0.5}`` (the layer's
+``weight``; Conv and Linear layers, any with a weight of two or more dimensions) — or one number, a sparsity for
+all of them. ``scope="layer"`` zeroes exactly that fraction of each layer's smallest-magnitude weights;
+``scope="global"`` ranks all the listed weights together (one threshold; small layers may lose more). Pruning
+follows AGP's cubic schedule over [``start``, ``end``] (``schedule="agp"``) or happens once before training
+(``"one_shot"``); masks are HARD, so a pruned weight stays zero.
+
+:meth:`Level.finalize` returns the trained network with the masks attached the way ``torch.nn.utils.prune`` does
+(``weight_orig`` and ``weight_mask`` in the state dict; the forward pass multiplies them), loadable into the same
+architecture with :func:`load_masked`; :func:`to_sparse_csr` / :func:`load_sparse_csr` store the pruned weights as
+``torch.sparse_csr`` tensors instead (a smaller file at high sparsity; a CPU gets no faster below very high
+sparsity).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ..utils import did_you_mean
+from .agp import check_window, cubic, events
+from .base import Keep, Method
+
+
+class Level(Method):
+    """Options: ``scope`` ("layer" or "global"), ``schedule`` ("agp" or "one_shot"), ``start``, ``end`` and
+    ``frequency`` (AGP's window and spacing, as :class:`~autoprune.training.agp.AGP`)."""
+
+    name = "level"
+    structured = False
+    state_keys = ("step", "_masks")
+
+    def __init__(
+        self,
+        space: Any,
+        plan: Mapping[str, float] | float,
+        *,
+        scope: str = "layer",
+        schedule: str = "agp",
+        start: float = 0.0,
+        end: float = 0.5,
+        frequency: int | None = None,
+        **kw: Any,
+    ) -> None:
+        if scope not in ("layer", "global"):
+            raise ValueError(f"level's scope must be 'layer' or 'global', got {scope!r}")
+        if schedule not in ("agp", "one_shot"):
+            raise ValueError(f"level's schedule must be 'agp' or 'one_shot', got {schedule!r}")
+        check_window("level", start, end, frequency)
+        layers = prunable_layers(space.model)
+        if isinstance(plan, (int, float)) and not isinstance(plan, bool):
+            plan = {name: float(plan) for name in layers}
+        if not isinstance(plan, Mapping) or not plan:
+            raise ValueError("level's plan maps layer names to element sparsities, or is one number for all layers")
+        for layer, sparsity in plan.items():
+            if layer not in layers:
+                raise ValueError(
+                    f"level: {layer!r} is not a layer with a weight to prune.{did_you_mean(layer, layers)} "
+                    f"Layers: {', '.join(layers[:8])}{', ...' if len(layers) > 8 else ''}"
+                )
+            if not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
+                raise ValueError(f"level: the sparsity of {layer!r} must be a number in [0, 1), got {sparsity!r}")
+        super().__init__(space, {}, **kw)  # no channel is removed
+        self.sparsity = {f"{layer}.weight": float(s) for layer, s in plan.items()}
+        self.scope, self.schedule = scope, schedule
+        self.events = events(self.total_steps, start, end, frequency) if schedule == "agp" else {}
+        if schedule == "one_shot":
+            self._masks = self.magnitude_masks(self.model, 1.0)
+            self.apply_masks(self.model)
+
+    def magnitude_masks(self, model: nn.Module, share: float) -> dict[str, torch.Tensor]:
+        """0/1 masks zeroing ``share`` of each layer's planned sparsity, on the smallest |w| (already pruned
+        weights first, so a mask only grows)."""
+        params = dict(model.named_parameters())
+        score = {}
+        for name in self.sparsity:
+            w = params[name].detach().abs().float()
+            if name in self._masks:
+                w = torch.where(self._masks[name] > 0, w, torch.full_like(w, -1.0))
+            score[name] = w
+        out = {}
+        if self.scope == "global":
+            flat = torch.cat([score[n].flatten() for n in self.sparsity])
+            target = sum(self.sparsity[n] * score[n].numel() for n in self.sparsity) / flat.numel()
+            k = int(round(target * share * flat.numel()))
+            ranked = torch.zeros(flat.numel(), dtype=torch.bool)
+            ranked[torch.argsort(flat, stable=True)[:k]] = True
+            offset = 0
+            for n in self.sparsity:
+                size = score[n].numel()
+                out[n] = (~ranked[offset : offset + size]).view_as(score[n]).to(params[n].dtype)
+                offset += size
+            return out
+        for n, s in self.sparsity.items():
+            flat = score[n].flatten()
+            k = int(round(s * share * flat.numel()))
+            mask = torch.ones(flat.numel(), dtype=params[n].dtype)
+            mask[torch.argsort(flat, stable=True)[:k]] = 0
+            out[n] = mask.view_as(score[n])
+        return out
+
+    def on_step(self, model: nn.Module, step: int) -> Keep | None:
+        tau = self.events.get(step)
+        if tau is not None:
+            self._masks = self.magnitude_masks(model, cubic(tau))
+        return None  # no channel is removed: the masks are set here, and applied by after_step
+
+    def set_keep(self, keep: Keep) -> None:  # masks are elementwise, restored as they are
+        self.keep = {}
+
+    def final_keep(self, model: nn.Module) -> Keep:
+        return {}
+
+    def finalize(self, model: nn.Module | None = None) -> nn.Module:
+        """The trained network with its masks attached (``torch.nn.utils.prune``'s form; see the module)."""
+        model = self.model if model is None else model
+        masks = self._masks or self.magnitude_masks(model, 1.0)
+        self.apply_masks(model)
+        modules = dict(model.named_modules())
+        for name, mask in masks.items():
+            prune.custom_from_mask(modules[name.rsplit(".", 1)[0]], "weight", mask.bool())
+        return model
+
+    def one_shot(self) -> nn.Module:
+        """The original network with every layer's planned sparsity zeroed at once."""
+        copy_ = copy.deepcopy(self.space.model)
+        masks = self.magnitude_masks(copy_, 1.0)
+        with torch.no_grad():
+            for name, p in copy_.named_parameters():
+                if name in masks:
+                    p.mul_(masks[name])
+        return copy_
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """The modules whose ``weight`` has two or more dimensions (Conv, Linear and the like), in model order."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2 and name
+    ]
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """The fraction of zero weights of every prunable layer."""
+    modules = dict(model.named_modules())
+    return {name: float((modules[name].weight == 0).float().mean()) for name in prunable_layers(model)}
+
+
+def load_masked(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a state dict written from :meth:`Level.finalize`'s network (``weight_orig`` + ``weight_mask``) into
+    ``model``, the same architecture unpruned: the masks are attached as ``torch.nn.utils.prune`` does."""
+    modules = dict(model.named_modules())
+    for key in state:
+        if key.endswith(".weight_mask"):
+            layer = key[: -len(".weight_mask")]
+            if layer not in modules:
+                raise ValueError(f"the state dict masks {layer!r}, which this model does not have")
+            prune.identity(modules[layer], "weight")
+    model.load_state_dict(state)
+    return model
+
+
+def to_sparse_csr(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every pruned weight (zeros applied) as a ``torch.sparse_csr`` tensor of its ``(out, -1)`` matrix, keyed by
+    parameter name, with ``shape`` entries to restore it; the other parameters and buffers as they are."""
+    out: dict[str, Any] = {}
+    masked = {name.rsplit(".", 1)[0] for name, _ in model.named_buffers() if name.endswith(".weight_mask")}
+    for name, value in model.state_dict().items():
+        layer, _, leaf = name.rpartition(".")
+        if layer in masked and leaf in ("weight_orig", "weight_mask"):
+            continue
+        out[name] = value
+    modules = dict(model.named_modules())
+    for layer in masked:
+        weight = modules[layer].weight.detach()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the layout is what is asked for
+            warnings.simplefilter("ignore", UserWarning)
+            out[f"{layer}.weight"] = weight.reshape(weight.shape[0], -1).to_sparse_csr()
+        out[f"{layer}.weight.shape"] = torch.tensor(weight.shape)
+    return out
+
+
+def load_sparse_csr(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load :func:`to_sparse_csr`'s tensors into ``model`` (the same architecture, unpruned) as dense weights."""
+    state = {}
+    for name, value in tensors.items():
+        if name.endswith(".weight.shape"):
+            continue
+        if value.layout == torch.sparse_csr:
+            value = value.to_dense().reshape(torch.Size(tensors[f"{name}.shape"].tolist()))
+        state[name] = value
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,193 @@
+"""Training-aware methods at an equal training budget, on one searched plan and the uniform plan.
+
+    python benchmarks/training.py [--budget 0.3] [--steps 1000] [--jobs 2] [--methods finetune,agp,...]
+
+The model is the pretrained zoo ResNet-20 on Fashion-MNIST. The plans come from the recorded 300-evaluation
+searches of ``benchmarks/search.py`` at ``--budget`` of the MACs (``benchmarks/results/search/long-*.json``): the
+best searched plan by its validation score (over the strategies that score the original weights) and the uniform
+plan. Every method of ``autoprune.training`` trains for the same ``--steps`` SGD steps (batch 128, Nesterov 0.9,
+weight decay 5e-5, cosine learning rate from 0.01; the from-scratch baselines start from 0.1, as a network
+trained from a random initialisation needs) and ends physically smaller at exactly the plan; its top-1 on the 10k
+test set is measured as it comes out of training (its own BatchNorm statistics). Scratch-B trains
+``--steps`` × MACs ratio (capped at 2×). Then the best two methods on the searched plan run again with
+distillation from the unpruned model (T = 4, α = 0.5). One-shot pruning + plain fine-tuning (``finetune``) is the
+baseline every row is compared with.
+
+Every run is one job in a pool of ``--jobs`` worker processes, one thread each, recorded in
+``benchmarks/results/training/KEY.json`` (date and commit) with a resume checkpoint while it runs, so an
+interrupted invocation continues where it stopped. Writes the ``training`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from report import ROOT, recorded, write_section  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
+import autoprune as ap
+from autoprune import training
+from autoprune.data import fashion_mnist_splits
+from autoprune.evaluators import AccuracyEvaluator
+
+METHODS = ["finetune", "agp", "slim", "sfp", "fpgm", "taylor", "imp", "admm", "scratch_e", "scratch_b"]
+SCRATCH_LR = 0.1
+LR = 0.01
+SEARCHES = ROOT / "benchmarks" / "results" / "search"
+
+
+def plans(budget: float) -> dict[str, tuple[str, dict[str, float]]]:
+    """The uniform plan and the best searched plan (by validation score) at ``budget``, from the recorded searches;
+    each as (where it comes from, plan)."""
+    found = {}
+    for path in sorted(SEARCHES.glob(f"long-*-{budget}-*.json")):
+        result = json.loads(path.read_text())
+        if result.get("plan_test") is None:  # a strategy that scores the original weights (not MetaPruning's own)
+            found[result["name"]] = result
+    if "uniform" not in found or len(found) < 2:
+        raise SystemExit(
+            f"no recorded searches at {budget:.0%} of the MACs in {SEARCHES}: run benchmarks/search.py first"
+        )
+    best = max((r for n, r in found.items() if n != "uniform"), key=lambda r: r["val"])
+    return {
+        "searched": (f"{best['name']}, 300 evaluations (val {best['val']:.2%})", best["plan"]),
+        "uniform": ("uniform", found["uniform"]["plan"]),
+    }
+
+
+def run_training(key: str, method: str, plan: dict[str, float], steps: int, distill: bool, folder: str) -> dict:
+    """One method on one plan (in a worker process)."""
+    space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
+    data = fashion_mnist_splits()
+    checkpoints = Path(folder) / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    result = training.run(
+        space,
+        plan,
+        data,
+        method=method,
+        steps=steps,
+        lr=SCRATCH_LR if method.startswith("scratch") else LR,
+        distill=distill,
+        progress=False,
+        checkpoint=checkpoints / f"{key}.ckpt",
+    )
+    (checkpoints / f"{key}.ckpt").unlink(missing_ok=True)
+    record = dict(result.record)
+    record.update(
+        macs=ap.count_macs(result.model, torch.zeros(1, 1, 28, 28)),
+        params=ap.count_params(result.model),
+        plan_macs=space.macs(plan),
+    )
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=0.3)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "training"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        training.options(m)  # an unknown name fails here, not in a worker
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = plans(args.budget)
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(method: str, which: str, distill: bool = False):
+        key = f"{method}-{which}-{args.budget}-{args.steps}" + ("-kd" if distill else "")
+        plan = chosen[which][1]
+        return pool.submit(
+            recorded, str(folder), key, run_training, key, method, plan, args.steps, distill, str(folder)
+        )
+
+    jobs = {(m, which, False): submit(m, which) for which in chosen for m in methods}
+    results = {}
+    for (m, which, kd), job in jobs.items():
+        results[(m, which, kd)] = job.result()
+        print(f"{m} on the {which} plan: test {results[(m, which, kd)]['test']:.4f}", flush=True)
+    ranked = sorted(
+        (m for m in methods if not m.startswith("scratch")), key=lambda m: -results[(m, "searched", False)]["test"]
+    )
+    distilled = {(m, "searched", True): submit(m, "searched", True) for m in ranked[:2]}
+    for k, job in distilled.items():
+        results[k] = job.result()
+        print(f"{k[0]} + distillation on the searched plan: test {results[k]['test']:.4f}", flush=True)
+    pool.shutdown()
+    text = section(results, chosen, methods, args)
+    if args.no_write:
+        print(text)
+    else:
+        print(f"wrote {write_section('training', text, after='search-long')}")
+
+
+def section(results: dict, chosen: dict, methods: list[str], args: argparse.Namespace) -> str:
+    base = AccuracyEvaluator(fashion_mnist_splits().test, bn_recalibration_batches=0)(
+        ap.zoo.pretrained("resnet20_fashion_mnist")
+    )["accuracy"]
+    space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
+    dates = sorted({r["measured"]["date"] for r in results.values()})
+    commits = sorted({r["measured"]["commit"] for r in results.values()})
+    lines = [
+        "## Training-aware methods at an equal training budget",
+        "",
+        f"Generated by `python benchmarks/training.py --budget {args.budget} --steps {args.steps}` "
+        f"(measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''}, commit {', '.join(commits)}; "
+        f"{platform.processor() or platform.machine()}, one thread per run, two runs side by side).",
+        "",
+        f"The pretrained ResNet-20 on Fashion-MNIST ({base:.2%} test, 10 epochs — not converged, so a pruned "
+        f"network can end above it) pruned to {args.budget:.0%} of its MACs. Every method trains {args.steps} SGD "
+        f"steps of 128 images (Scratch-B: × the MACs ratio, capped at 2×), lr {LR} cosine ({SCRATCH_LR} from "
+        "scratch), and ends physically smaller at exactly the plan (MACs checked); test top-1 on the 10k test set "
+        "as trained. *one-shot* is the plan pruned by the method's criterion before any training (L1 unless the "
+        "method ranks otherwise), scored after no recalibration, so it shows how much the training recovers.",
+        "",
+    ]
+    for which, (origin, plan) in chosen.items():
+        lines += [
+            f"### The {which} plan ({origin}; {space.macs(plan) / 1e6:.2f} MMACs, "
+            f"{space.macs(plan) / space.macs({}):.1%} of the MACs)",
+            "",
+            "| method | steps | test top-1 | vs one-shot + fine-tune | one-shot (no training) | wall time |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        baseline = results[("finetune", which, False)]["test"] if ("finetune", which, False) in results else None
+        rows = [(m, kd) for m in methods for kd in (False, True) if (m, which, kd) in results]
+        for m, kd in rows:
+            r = results[(m, which, kd)]
+            assert r["macs"] == r["plan_macs"], (m, which)
+            delta = (
+                "—" if baseline is None or (m == "finetune" and not kd) else f"{(r['test'] - baseline) * 100:+.2f} pp"
+            )
+            lines.append(
+                f"| {m}{' + distillation' if kd else ''} | {r['steps']} | {r['test']:.2%} | {delta} | "
+                f"{r['test_one_shot']:.2%} | {r['seconds'] / 60:.1f} min |"
+            )
+        if baseline is not None:
+            better = [f"{m}{' + KD' if kd else ''}" for m, kd in rows if results[(m, which, kd)]["test"] > baseline]
+            worse = [
+                f"{m}{' + KD' if kd else ''}"
+                for m, kd in rows
+                if (m, kd) != ("finetune", False) and results[(m, which, kd)]["test"] <= baseline
+            ]
+            lines += [
+                "",
+                f"Beat one-shot + fine-tune ({baseline:.2%}): {', '.join(better) or 'none'}. "
+                f"Did not: {', '.join(worse) or 'none'}.",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
