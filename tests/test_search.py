@@ -229,3 +229,7 @@ def test_search_rejects_bad_arguments(tmp_path, digits_space, evaluator):
         ap.search(digits_space, 42, storage=_url(tmp_path))
     with pytest.raises(ValueError, match="n_trials"):
         ap.search(digits_space, evaluator, n_trials=0, storage=_url(tmp_path))
+    # A criterion that scores channels on data, without data: refused at once, not one failed trial after another.
+    with pytest.raises(ValueError, match="criterion 'apoz' scores channels on data: pass calibration="):
+        ap.search(digits_space, evaluator, ap.Budget(macs=0.5), criterion="apoz", storage=_url(tmp_path))
+    assert not list(tmp_path.glob("*.db")) or not optuna.get_all_study_summaries(_url(tmp_path))

@@ -108,7 +108,15 @@ def search(
     if heartbeat_interval <= 0:
         raise ValueError(f"heartbeat_interval must be positive, got {heartbeat_interval!r}")
     config = resolve(config, budget, settings)
+    from ..engine.criteria import get_criterion
     from ..evaluators import normalize_result
+
+    criterion = get_criterion(config.criterion)
+    if criterion.needs_data and calibration is None:  # otherwise every trial would fail on the same missing input
+        raise ValueError(
+            f"criterion {criterion.name!r} scores channels on data: pass calibration= a few batches of training "
+            "inputs (e.g. a list of tensors), or choose a criterion that reads only the weights (l1, l2, fpgm, ...)"
+        )
 
     study, strat, ctx = _open(space, config, latency_table, join=join)
     ctx.evaluator = evaluator
