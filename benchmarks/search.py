@@ -318,10 +318,22 @@ def main() -> None:
     else:
         print(f"wrote {write_section('search', text)}")
     long_results = [job.result() for _, job in long_jobs]
+    # MetaPruning's weights were trained (its PruningNet); every other long row's best network gets as many
+    # fine-tune steps, for a comparison at equal training compute.
+    steps = args.metapruning_steps
+    tuned_long_jobs = {
+        key: pool.submit(recorded, str(folder), f"tuned-{key}-{steps}", run_finetune, row, str(folder), steps)
+        for (key, _), row in zip(long_jobs, long_results)
+        if row["name"] != "metapruning"
+    }
+    tuned_long = {key: job.result()["test"] for key, job in tuned_long_jobs.items()}
     pool.shutdown()
     if not long_results:  # --long-strategies "": the first section only
         return
-    text = _long_section(long_results, args)
+    keys = [key for key, _ in long_jobs]
+    text = _long_section(
+        long_results, {r["name"] + f"@{r['budget']}": tuned_long.get(k) for k, r in zip(keys, long_results)}, args
+    )
     if args.no_write:
         print(text)
         return
@@ -410,7 +422,10 @@ def _short_section(results: dict, tuned: dict, base: float, space: ap.PruningSpa
     return "\n".join(lines)
 
 
-def _long_section(results: list[dict], args: argparse.Namespace) -> str:
+def _long_section(results: list[dict], tuned: dict[str, float | None], args: argparse.Namespace) -> str:
+    """``tuned``: "name@budget" -> the test top-1 of that row's best network after MetaPruning's training steps
+    of fine-tuning (None for MetaPruning, whose weights are its generator's)."""
+    steps = args.metapruning_steps
     budgets = list(dict.fromkeys(r["budget"] for r in results))
     lines = [
         f"## Search quality at {args.long_trials} evaluations: "
@@ -421,11 +436,14 @@ def _long_section(results: list[dict], args: argparse.Namespace) -> str:
         f"{args.jobs} searches at a time, one thread each; {_measured(results)}): every strategy but NetAdapt "
         f"gets {args.long_trials} "
         "evaluations, scored as above (adaptive BN, 2048 held-out training images; the best plan then on the 10k "
-        "test set, no fine-tuning). Wall time includes waiting for the other core's searches.",
+        "test set, no fine-tuning). Wall time includes waiting for the other core's searches. MetaPruning's row "
+        f"scores its generated weights, which its PruningNet training ({steps} SGD steps of 128 images) has "
+        f"trained; so the *after {steps} fine-tune steps* column gives every other row's best network the same "
+        "number of steps (same optimiser and learning rate as above), for a comparison at equal training compute.",
         "",
         "| budget | strategy | evaluations | best val top-1 | its test top-1 | Δ test vs uniform | Δ test vs random "
-        "| MMACs | params | wall time | overhead per trial |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| test after {steps} fine-tune steps | MMACs | params | wall time | overhead per trial |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     for b in budgets:
@@ -435,9 +453,11 @@ def _long_section(results: list[dict], args: argparse.Namespace) -> str:
             du = f"{(r['test'] - uniform['test']) * 100:+.2f} pp" if uniform else "—"
             dr = f"{(r['test'] - random['test']) * 100:+.2f} pp" if random and r is not random else "—"
             overhead = (r["seconds"] - r["eval_seconds"]) / max(r["evaluations"], 1) * 1e3
+            after = tuned.get(f"{r['name']}@{b}")
+            after = f"{after:.2%}" if after is not None else "(its generated weights)"
             lines.append(
                 f"| {b:.0%} | {r['name']} | {r['evaluations']} | {r['val']:.2%} | {r['test']:.2%} | {du} | {dr} | "
-                f"{r['macs'] / 1e6:.2f} | {r['params']:,} | {r['seconds']:.0f} s | {overhead:.0f} ms |"
+                f"{after} | {r['macs'] / 1e6:.2f} | {r['params']:,} | {r['seconds']:.0f} s | {overhead:.0f} ms |"
             )
         amc = mine.get("amc")
         if amc and random:
@@ -457,6 +477,17 @@ def _long_section(results: list[dict], args: argparse.Namespace) -> str:
         meta = mine.get("metapruning")
         if meta:
             verdicts.append(_metapruning_verdict(b, meta, mine))
+            fair = {k: tuned[f"{k}@{b}"] for k in mine if tuned.get(f"{k}@{b}") is not None}
+            if fair:
+                best = max(fair, key=fair.get)
+                verb = "beats" if meta["test"] - fair[best] > 0.005 else "does *not* beat"
+                verdicts.append(
+                    f"  At equal training compute (every other best network fine-tuned with the {steps} steps its "
+                    f"PruningNet trained) MetaPruning {verb} the best of them, {best} at {fair[best]:.2%} "
+                    f"(MetaPruning {meta['test']:.2%}; the others after fine-tuning: "
+                    + ", ".join(f"{k} {v:.2%}" for k, v in fair.items())
+                    + ")."
+                )
     lines += [
         "",
         "Overhead per trial = (wall time − the evaluations' own time, model building included) / evaluations: "
@@ -489,7 +520,8 @@ def _metapruning_verdict(budget: float, meta: dict, rows: dict[str, dict]) -> st
     return (
         f"- At {budget:.0%}: MetaPruning ({meta['test']:.2%} on test with its generated weights) "
         + "; ".join(parts)
-        + f" at equal evaluations. Its plan on the original weights scores {meta['plan_test']:.2%} "
+        + f" at equal evaluations, with weights its generator trained against their one-shot ones. Its plan on the"
+        f" original weights scores {meta['plan_test']:.2%} "
         f"({(meta['test'] - meta['plan_test']) * 100:+.1f} points from the generator). It trained its PruningNet "
         f"for {meta['train_seconds']:.0f} s before evaluating; per generation (scoring set): {gens}."
     )
