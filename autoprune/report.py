@@ -83,7 +83,7 @@ class Report:
         )
         for b, ms in base["latency_ms"].items():
             p = pruned["latency_ms"][b]
-            rows.append((f"latency, batch {b}", f"{ms:.2f} ms", f"{p:.2f} ms", f"{ms / p:.2f}x faster"))
+            rows.append((f"latency, batch {b}", f"{ms:.2f} ms", f"{p:.2f} ms", speedup(ms, p)))
         return rows
 
     def table(self) -> Any:
@@ -303,3 +303,8 @@ def _training(record: dict) -> str:
     method = record.get("method", "finetune")
     what = f"{record['steps']} fine-tune steps" if method == "finetune" else f"{record['steps']} steps of {method}"
     return what + (" + distillation" if record.get("distill") else "")
+
+
+def speedup(before_ms: float, after_ms: float) -> str:
+    """``"1.98x faster"``, or ``"1.04x slower"`` when the pruned network measured slower."""
+    return f"{before_ms / after_ms:.2f}x faster" if after_ms <= before_ms else f"{after_ms / before_ms:.2f}x slower"
