@@ -561,8 +561,14 @@ def _export_best(
         if trial is None or trial.state != TrialState.COMPLETE:
             raise ValueError(f"trial {trial_number} does not exist or did not complete")
     config = setup.config
-    net = ap.trial_network(study, trial, setup.space, weights=weights)  # by default the network the trial scored
     steps = config.export.finetune_steps if finetune_steps is None else finetune_steps
+    chosen = config.export.method if method is None else method
+    if weights == "scratch" and steps and chosen not in ("finetune", "scratch_e", "scratch_b"):
+        raise ValueError(
+            f"--weights scratch trains the structure from a random initialisation, but training method {chosen!r} "
+            "prunes trained weights while it trains: use --method finetune, scratch_e or scratch_b with it"
+        )
+    net = ap.trial_network(study, trial, setup.space, weights=weights)  # by default the network the trial scored
     extra: dict[str, Any] = {"study": study.study_name, "trial": trial.number, "storage": setup.storage}
     extra["weights"] = weights
     model = net.build(calibration=setup.calibration())  # a criterion that needs data: the search's batches
