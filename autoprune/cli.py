@@ -471,7 +471,8 @@ def _check_training(setup: Setup, method: str | None = None, steps: int | None =
     steps = spec.finetune_steps if steps is None else steps
     if not steps and method == spec.method:
         return
-    if not training.options(method) or not training.METHODS[method].structured:
+    training.options(method)  # an unknown name: the known ones, and the closest
+    if not training.METHODS[method].structured:
         raise ValueError(
             f"training method {method!r} prunes single weights, not channels: an export writes a searched channel "
             "plan; use ap.training.get('level', space, sparsities) in Python for unstructured pruning"
@@ -501,7 +502,6 @@ def _train(
         )
     method = spec.method if method is None else method
     options = dict(spec.method_options) if method == spec.method else {}
-    training.check_options(method, options)
     distill = spec.distill if distill is None else distill
     if method == "finetune":
         options["pruned"] = model

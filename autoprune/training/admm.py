@@ -118,8 +118,3 @@ class ADMM(Method):
         if step == self.prune_step:  # hard pruning by Π_S(W); HARD masks from here on
             return self.projection({n: p.detach() for n, p in model.named_parameters()})
         return None
-
-    def primal_residual(self, model: nn.Module) -> float:
-        """‖W − Z‖_F over the constrained filters: how far the weights are from the constraint's point."""
-        params = dict(model.named_parameters())
-        return math.sqrt(sum(float((params[n].detach() - z).pow(2).sum()) for n, z in self.Z.items()))

@@ -124,10 +124,11 @@ class Level(Method):
     def finalize(self, model: nn.Module | None = None) -> nn.Module:
         """The trained network with its masks attached (``torch.nn.utils.prune``'s form; see the module)."""
         model = self.model if model is None else model
-        masks = self._masks or self.magnitude_masks(model, 1.0)
+        if not self._masks:  # finalized before the schedule ran: the full sparsity at once
+            self._masks = self.magnitude_masks(model, 1.0)
         self.apply_masks(model)
         modules = dict(model.named_modules())
-        for name, mask in masks.items():
+        for name, mask in self._masks.items():
             prune.custom_from_mask(modules[name.rsplit(".", 1)[0]], "weight", mask.bool())
         return model
 

@@ -52,5 +52,4 @@ class ScratchB(ScratchE):
         super().__init__(space, plan, **kw)
         self.cap = float(cap)
         self.ratio = min(self.cap, space.macs({}) / max(space.macs(self.plan), 1))
-        self.epoch_steps = self.total_steps
         self.total_steps = int(round(self.total_steps * self.ratio))
