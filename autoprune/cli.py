@@ -61,10 +61,11 @@ class Setup:
         return bool(CRITERIA[self.config.criterion].needs_data)
 
     def calibration(self) -> list | None:
-        """The batches a criterion that needs data scores channels on (None for the others): the first
-        ``calibration_batches`` batches of 64 of the training split, in order, so that every worker and the export
-        choose the same channels."""
-        if not self.needs_data():
+        """The batches a criterion that needs data scores channels on and reconstruction refits layers on (None when
+        neither is asked for): the first ``calibration_batches`` (or ``reconstruct_batches``, if more) batches of 64
+        of the training split, in order, so that every worker and the export build the same networks."""
+        count = max(self.config.calibration_batches if self.needs_data() else 0, self.config.reconstruct_batches)
+        if not count:
             return None
         if self._calibration is None:
             from torch.utils.data import DataLoader
@@ -72,7 +73,7 @@ class Setup:
             loader = DataLoader(
                 self.splits().train, batch_size=64, shuffle=False, num_workers=self.config.data.num_workers
             )
-            self._calibration = [batch for batch, _ in zip(loader, range(self.config.calibration_batches))]
+            self._calibration = [batch for batch, _ in zip(loader, range(count))]
         return self._calibration
 
 

@@ -320,6 +320,8 @@ class StudyFile(_Strict):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     criterion: str = "l1"
     calibration_batches: int = Field(default=4, gt=0)  # for a criterion that needs data: training batches of 64
+    # > 0: refit each candidate's layers by least squares on this many training batches of 64 (0: off)
+    reconstruct_batches: int = Field(default=0, ge=0)
     n_trials: int = Field(default=50, gt=0)
     seed: int = 0
     round_to: int = Field(default=1, gt=0)
@@ -355,6 +357,7 @@ class StudyFile(_Strict):
             max_sparsity=self.max_sparsity,
             verify_latency=self.verify_latency,
             latency_margin=self.latency_margin,
+            reconstruct=self.reconstruct_batches > 0,
         )
 
 

@@ -428,16 +428,32 @@ class PruningSpace:
         """Parameter count of the pruned model — analytic, no model built."""
         return self._params_poly(self.kept_counts(plan))
 
-    def apply(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> nn.Module:
+    def apply(
+        self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None, reconstruct: Any = None
+    ) -> nn.Module:
         """A new model with the channels ``plan`` asks for physically removed.
 
         Each group keeps its highest-scoring channels under ``criterion`` (a name
         from :data:`autoprune.engine.criteria.CRITERIA`, a criterion object, or a
         precomputed ``{group name: scores}`` mapping). Data-driven criteria take
         ``calibration``: an iterable of batches (``inputs`` or ``(inputs, targets)``).
+        ``reconstruct``: batches to refit, by least squares, every layer that lost
+        input channels (see :meth:`reconstruct`).
         """
         keep = self.keep_indices(plan, criterion, calibration=calibration)
-        return self._build({self._by_name[name].atom: idx for name, idx in keep.items()})  # valid by construction
+        model = self._build({self._by_name[name].atom: idx for name, idx in keep.items()})  # valid by construction
+        if reconstruct is not None:
+            self.reconstruct(model, keep, reconstruct)
+        return model
+
+    def reconstruct(self, pruned: nn.Module, keep: Mapping[str, Any], calibration: Any, **options: Any) -> dict:
+        """Refit, in place, the layers of ``pruned`` (built with :meth:`build` from ``keep``) that lost input
+        channels: least squares of the original layer outputs on the pruned network's inputs, layer after layer
+        (He, Zhang & Sun, ICCV 2017). ``options``: ``positions`` sampled per image (10), ``ridge`` (1e-5),
+        ``seed``. Returns ``{layer: LayerFit}`` (relative output error before and after, on the samples)."""
+        from .reconstruct import reconstruct
+
+        return reconstruct(self.model, pruned, self.parameter_indices(keep), calibration, **options)
 
     def keep_indices(self, plan: Plan, criterion: Any = "l1", *, calibration: Any = None) -> dict[str, torch.Tensor]:
         """For each group ``plan`` prunes: the sorted indices of the channels it keeps, by group name.

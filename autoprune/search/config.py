@@ -33,6 +33,8 @@ class SearchConfig:
         max_sparsity: no group loses more than this fraction of its channels.
         verify_latency: under a latency budget, measure every candidate (not only predict it).
         latency_margin: a measured candidate must be under the latency budget less this fraction of it.
+        reconstruct: refit every candidate's layers that lost input channels by least squares on the run's
+            calibration batches before it is evaluated (:meth:`PruningSpace.reconstruct`; He et al., ICCV 2017).
     """
 
     budget: Budget | None = None
@@ -47,6 +49,7 @@ class SearchConfig:
     max_sparsity: float = 0.95
     verify_latency: bool = True
     latency_margin: float = 0.03
+    reconstruct: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, Mapping):  # {"macs": 0.5}: the Budget it spells (its keys checked)

@@ -117,11 +117,17 @@ def search(
             f"criterion {criterion.name!r} scores channels on data: pass calibration= a few batches of training "
             "inputs (e.g. a list of tensors), or choose a criterion that reads only the weights (l1, l2, fpgm, ...)"
         )
+    if config.reconstruct and calibration is None:
+        raise ValueError(
+            "reconstruct=True refits each candidate's layers on data: pass calibration= a few batches of training "
+            "inputs (e.g. a list of tensors)"
+        )
 
     study, strat, ctx = _open(space, config, latency_table, join=join)
     ctx.evaluator = evaluator
     ctx.train_data = train_data if train_data is not None else getattr(evaluator, "train_data", None)
     ctx.progress = progress
+    ctx.calibration = calibration
     if not join:
         strat.setup(ctx)
     orphans = []  # SQLite has one process per study (a live second one was refused): what is RUNNING, a crash left
@@ -209,6 +215,11 @@ def _open(
         raise ValueError("the space has no prunable channel groups: nothing to search")
     budget, name = config.budget, config.study_name
     strat = get_strategy(config.strategy, **dict(config.strategy_options))
+    if config.reconstruct and not strat.reconstructs:
+        raise ValueError(
+            f"strategy {strat.name!r} does not prune trained weights, so its candidates cannot be reconstructed: "
+            "drop reconstruct (reconstruct_batches in a study file)"
+        )
     needs_table = budget is not None and budget.latency is not None
     # raises for an unreachable budget; a latency budget is checked once its table is known
     projector = None if needs_table else Projector(space, budget, config.max_sparsity)
@@ -263,6 +274,7 @@ def _open(
         base_seed=config.seed,
         criterion=config.criterion,
         n_trials=config.n_trials,
+        reconstruct=config.reconstruct,
     )
     study.sampler = _RecordedProposals(strat.sampler(ctx), ctx.distributions())
     return study, strat, ctx
@@ -342,6 +354,7 @@ def _run_trial(
     raw = {n: float(trial.params[n]) for n in ctx.names}
     plan = projector.project(raw, fill=not multi_objective) if strat.projects else raw
     criterion = ctx.criterion
+    reconstruct = calibration if ctx.reconstruct else None
     trial.set_user_attr(attrs.STRATEGY, strat.name)
     trial.set_user_attr(attrs.CRITERION, criterion_name(criterion))
     if plan is None:
@@ -360,7 +373,7 @@ def _run_trial(
     try:
         model = strat.build(ctx, trial, plan)
         if model is None:
-            model = space.apply(plan, criterion, calibration=calibration)
+            model = space.apply(plan, criterion, calibration=calibration, reconstruct=reconstruct)
         if projector.verify_latency:
             measured = projector.latency_table.measure(model)
             trial.set_user_attr(attrs.MEASURED_MS, measured["ms"])
@@ -452,6 +465,7 @@ def _check_config(
         "directions": directions,
         "max_sparsity": config.max_sparsity,
         "verify_latency": verify,
+        "reconstruct": config.reconstruct,
     }
     old = study.user_attrs.get(attrs.CONFIG)
     if old is None:
@@ -527,7 +541,10 @@ def trial_network(
         recorded["max_sparsity"],
         len(study.directions) > 1,
         criterion=criterion or trial.user_attrs[attrs.CRITERION],
+        reconstruct=bool(recorded.get("reconstruct", False)),
     )
     if weights == "trial":
         return strategy.network(ctx, trial)
-    return TrialNetwork(space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion, from_scratch=weights == "scratch")
+    scratch = weights == "scratch"
+    plan = dict(trial.user_attrs[attrs.PLAN])
+    return TrialNetwork(space, plan, ctx.criterion, from_scratch=scratch, reconstruct=ctx.reconstruct and not scratch)

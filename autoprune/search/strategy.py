@@ -58,6 +58,10 @@ class SearchContext:
     evaluator: Any = None
     train_data: Any = None
     progress: Callable[[str, int, int], None] | None = None
+    #: The run's calibration batches (None when not given), and whether each candidate is reconstructed from them
+    #: (:attr:`SearchConfig.reconstruct`): a strategy that builds its own networks reconstructs them too.
+    calibration: Any = None
+    reconstruct: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -91,9 +95,19 @@ class TrialNetwork:
     criterion: Any
     #: Re-initialise every layer's parameters after building: the structure alone, to train from scratch.
     from_scratch: bool = False
+    #: The trial's network was reconstructed by least squares on the search's calibration batches.
+    reconstruct: bool = False
 
     def build(self, calibration: Any = None) -> nn.Module:
-        model = self.space.apply(self.plan, self.criterion, calibration=calibration)
+        """The network; ``calibration``: the search's calibration batches, for a criterion that needs data and for
+        a reconstructed network."""
+        if self.reconstruct and calibration is None:
+            raise ValueError(
+                "this trial's network was reconstructed by least squares on the search's calibration batches: "
+                "pass the same batches, build(calibration=...)"
+            )
+        reconstruct = calibration if self.reconstruct and not self.from_scratch else None
+        model = self.space.apply(self.plan, self.criterion, calibration=calibration, reconstruct=reconstruct)
         if self.from_scratch:
             from ..training import reinitialise
 
@@ -122,6 +136,9 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     #: Proposals are projected onto the budget before they are built (NetAdapt's are not: it walks down to it).
     projects: ClassVar[bool] = True
+    #: Its candidates can be reconstructed by least squares (:attr:`SearchConfig.reconstruct`): a strategy whose
+    #: networks are not pruned from trained weights (MetaPruning's generated ones) sets this False.
+    reconstructs: ClassVar[bool] = True
     #: Every proposal is an enqueued trial (:func:`autoprune.search.queue.enqueue_batch`); an ask that finds the
     #: queue empty (another worker took the last proposal) is discarded, not sampled.
     queued_only: ClassVar[bool] = False
@@ -213,7 +230,7 @@ class Strategy(abc.ABC):
             By default the trial's plan applied to the search's space with the search's criterion; a strategy
             whose :meth:`build` returns its own networks returns them here.
         """
-        return TrialNetwork(ctx.space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion)
+        return TrialNetwork(ctx.space, dict(trial.user_attrs[attrs.PLAN]), ctx.criterion, reconstruct=ctx.reconstruct)
 
 
 def strategy_class(spec: str) -> type[Strategy]:

@@ -92,6 +92,7 @@ class MetaPruning(Strategy):
     name = "metapruning"
     projects = False  # a candidate's encoding is its network; children over the budget are rejected instead
     queued_only = True
+    reconstructs = False  # its candidates' weights are generated, not pruned from trained ones
 
     def __init__(
         self,

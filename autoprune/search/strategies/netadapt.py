@@ -290,7 +290,10 @@ class NetAdapt(Strategy):
             KEEP, {g.name: keep[g.name].tolist() if g.name in keep else list(range(g.channels)) for g in base.groups}
         )
         self._pending = (base, keep)
-        return base.build(keep)
+        model = base.build(keep)
+        if ctx.reconstruct:  # refit towards the current network, the one this proposal is pruned from
+            base.reconstruct(model, keep, ctx.calibration)
+        return model
 
     def after_evaluation(self, ctx: SearchContext, trial: optuna.Trial, model: nn.Module) -> None:
         """Save the evaluated (fine-tuned) weights, scattered back to full size, as a study artifact."""
