@@ -131,8 +131,8 @@ def test_grouped_convs_refit_per_group_and_depthwise_ones_are_left_as_they_are()
 
     grouped = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, groups=2), nn.Flatten())
     grouped.eval()
-    torch.set_grad_enabled(False)
-    out_before = grouped(x)
+    with torch.no_grad():
+        out_before = grouped(x)
     indices = {"0.weight": {0: torch.tensor([0, 1, 2, 4, 5, 6])}, "0.bias": {0: torch.tensor([0, 1, 2, 4, 5, 6])}}
     indices["2.weight"] = {1: torch.tensor([0, 1, 2])}  # each of the two groups keeps 3 of its 4 inputs
     small = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, groups=2), nn.Flatten())
@@ -141,9 +141,8 @@ def test_grouped_convs_refit_per_group_and_depthwise_ones_are_left_as_they_are()
         small[0].bias.copy_(grouped[0].bias[indices["0.weight"][0]])
         small[2].weight.copy_(grouped[2].weight[:, :3])
         small[2].bias.copy_(grouped[2].bias)
-    plain_error = float(((small.eval()(x) - out_before) ** 2).sum())
+        plain_error = float(((small.eval()(x) - out_before) ** 2).sum())
     fits = reconstruct(grouped, small, indices, [x], positions=None, ridge=0.0)
-    torch.set_grad_enabled(True)
     assert list(fits) == ["2"] and fits["2"].after < fits["2"].before
     with torch.no_grad():
         assert float(((small(x) - out_before) ** 2).sum()) < plain_error
