@@ -199,3 +199,34 @@ def test_a_reconstructed_search_scores_and_rebuilds_the_same_networks(tmp_path, 
     assert not torch.equal(rebuilt.fc.weight, unreconstructed.fc.weight)  # the same plan, refitted
     with pytest.raises(ValueError, match="different configuration"):
         ap.search(space, evaluator, budget, storage=url, n_trials=4, strategy="random", calibration=calibration)
+
+
+def test_lasso_scores_channels_in_the_order_they_enter_the_lasso_path() -> None:
+    from sklearn.linear_model import lars_path_gram
+
+    from autoprune.engine.criteria import Lasso
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        z = torch.randn(300, 10, generator=generator, dtype=torch.float64)
+        z = z @ torch.randn(10, 10, generator=generator, dtype=torch.float64)  # correlated contributions
+        gram = z.T @ z
+        scores = Lasso()._entry_order(gram)
+        _, active, _ = lars_path_gram(Xy=gram.sum(1).numpy(), Gram=gram.numpy(), n_samples=1, method="lasso")
+        assert torch.argsort(scores, descending=True).tolist()[:6] == [int(i) for i in active[:6]]
+
+
+def test_lasso_drops_a_channel_the_next_layer_barely_uses_where_l1_keeps_it(digits) -> None:
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    with torch.no_grad():
+        model.conv1.weight[5] *= 4  # the largest filter ...
+        model.conv2.weight[:, 5] *= 1e-3  # ... whose output the next layer ignores
+    calibration, held_out = digits
+    space = ap.PruningSpace(model, held_out[:2])
+    group = _group_of(space, "conv1")
+    l1 = space.scores("l1", groups=[group])[group.name]
+    lasso = space.scores("lasso", calibration, groups=[group])[group.name]
+    assert int(l1.argmax()) == 5 and int(lasso.argmin()) == 5
+    plan = {group.name: 1 / 8}
+    assert 5 not in space.keep_indices(plan, "lasso", calibration=calibration)[group.name].tolist()
