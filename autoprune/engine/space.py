@@ -527,6 +527,23 @@ class PruningSpace:
             cache.update({g.atom: got[g.name] for g in groups})
         return got
 
+    def scatter(self, keep: Mapping[str, Any], pruned: nn.Module) -> dict[str, torch.Tensor]:
+        """A full-size state dict of this space's model holding ``pruned``'s tensors (a network built from
+        ``keep``, e.g. after training) at the channels it kept; the removed channels keep this model's values.
+        ``space.over(state).build(keep)`` gives ``pruned``'s weights back."""
+        indices = self.parameter_indices(keep)
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        for name, value in pruned.state_dict().items():
+            dims = indices.get(name)
+            if not dims:
+                state[name] = value.detach().clone()
+                continue
+            grids = torch.meshgrid(
+                *[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())], indexing="ij"
+            )
+            state[name][grids] = value.detach().to(state[name].dtype)
+        return state
+
     # -- building ----------------------------------------------------------------------------
     def build(self, keep: Mapping[str, Any]) -> nn.Module:
         """A new model in which each group named in ``keep`` keeps exactly those channel indices (the others keep

@@ -21,11 +21,16 @@ def artifact_store(study: optuna.Study, directory: str | None = None) -> FileSys
 
     With workers on several machines, ``directory`` must be a folder they all share.
     """
+    return FileSystemArtifactStore(str(artifact_dir(study, directory)))
+
+
+def artifact_dir(study: optuna.Study, directory: str | None = None) -> Path:
+    """The folder of the study's artifact store (see :func:`artifact_store`), created if need be."""
     if directory is None:
         path = storage_file(study._storage)
         directory = str(path.with_suffix(".artifacts")) if path else str(Path.cwd() / "autoprune-artifacts")
     Path(directory).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(directory)
+    return Path(directory)
 
 
 def save_state(store: FileSystemArtifactStore, artifact_id: str, state: Any) -> None:

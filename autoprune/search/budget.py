@@ -170,19 +170,25 @@ class Projector:
     def fits(self, plan: Mapping[str, float]) -> bool:
         return all(self.cost(m, plan) <= self.limit(m) for m in self.targets)
 
-    def project(self, plan: Mapping[str, float], *, fill: bool = True) -> dict[str, float] | None:
+    def project(
+        self, plan: Mapping[str, float], *, fill: bool = True, floor: Mapping[str, float] | None = None
+    ) -> dict[str, float] | None:
         """The plan scaled to meet the budget (exactly, when ``fill``; else only shrunk if over).
 
-        Returns None when no scaling meets it (cannot happen for a reachable budget).
+        ``floor``: per group, a sparsity the result never goes below (a network already pruned that far, whose
+        removed channels cannot come back). Returns None when no scaling meets it (cannot happen for a reachable
+        budget).
         """
-        s = np.array([min(float(plan.get(n, 0.0)), self.max_sparsity) for n in self.names])
+        low = np.array([float((floor or {}).get(n, 0.0)) for n in self.names])
+        s = np.array([min(max(float(plan.get(n, 0.0)), 0.0), self.max_sparsity) for n in self.names])
+        s = np.maximum(s, low)
         if not self.targets:
             return dict(zip(self.names, s.tolist()))
         keep = 1.0 - s
-        r_min = 1.0 - self.max_sparsity
+        r_min = np.minimum(1.0 - self.max_sparsity, 1.0 - low)
 
         def at(alpha: float) -> dict[str, float]:
-            r = np.clip(alpha * keep, r_min, 1.0)
+            r = np.clip(alpha * keep, r_min, 1.0 - low)
             return dict(zip(self.names, (1.0 - r).tolist()))
 
         if self.fits(at(1.0)) and not fill:

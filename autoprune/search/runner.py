@@ -39,7 +39,7 @@ from .ledger import (
     make_storage,
     recover,
 )
-from .queue import is_duplicate, is_queued
+from .queue import is_duplicate
 from .strategy import STRATEGIES, Action, SearchContext, Strategy, TrialNetwork, get_strategy
 
 log = logging.getLogger("autoprune")
@@ -328,7 +328,7 @@ def _discard(trials: list[optuna.trial.FrozenTrial], trial_id: int, strat: Strat
     if is_duplicate(trials, trial_id):
         return "duplicate proposal"
     me = next(t for t in trials if t._trial_id == trial_id)
-    if strat.queued_only and not is_queued(me):
+    if not strat.accepts(me):
         return "nothing to propose: another worker took the last queued proposal"
     return None
 

@@ -148,6 +148,12 @@ class Strategy(abc.ABC):
         if cls.name:
             STRATEGIES[cls.name] = cls
 
+    def accepts(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether a freshly asked trial is one of this strategy's proposals (False: it is closed unevaluated and
+        not counted, e.g. an ask that found another worker had taken the last queued proposal). By default every
+        trial is, and with :attr:`queued_only` only enqueued ones."""
+        return not self.queued_only or attrs.BATCH in trial.user_attrs
+
     @abc.abstractmethod
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
         """The Optuna sampler that proposes a trial's parameters (one sparsity per group, see

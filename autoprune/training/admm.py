@@ -83,6 +83,10 @@ class ADMM(Method):
         keep = {}
         for g in self.groups:
             norms = self.channel_norms(tensors, g)
+            if g.name in self.alive:  # a channel the network had already lost is never in the support
+                gone = torch.ones_like(norms, dtype=torch.bool)
+                gone[self.alive[g.name]] = False
+                norms[gone] = float("-inf")
             keep[g.name] = torch.sort(torch.topk(norms, self.target[g.name], sorted=False).indices).values
         return keep
 

@@ -79,6 +79,7 @@ class Method:
         total_steps: int,
         criterion: Any = "l1",
         calibration: Any = None,
+        keep: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
             raise ValueError(
@@ -99,7 +100,28 @@ class Method:
         self.restarts = [0]
         self.keep: Keep = {}  # the current masks' kept channels (groups not named keep all of theirs)
         self._masks: dict[str, torch.Tensor] = {}
+        #: The channels the network had before this training (``keep=``: it was pruned before and is carried at
+        #: full size); the others are held at zero from the first step and never come back.
+        self.alive: Keep = self._alive(keep or {})
         self.model = self.prepare()
+        if self.alive:
+            self.set_keep(dict(self.alive))
+            self.apply_masks(self.model)
+
+    def _alive(self, keep: Mapping[str, Any]) -> Keep:
+        alive: Keep = {}
+        counts = dict(zip((g.name for g in self.space.groups), self.space.kept_counts(self.plan)))
+        for name, idx in keep.items():
+            if name not in self.sizes:
+                raise KeyError(f"keep names unknown group {name!r}.{did_you_mean(name, self.sizes)}")
+            idx = torch.sort(torch.as_tensor(idx, dtype=torch.long).flatten()).values
+            if int(counts[name]) > idx.numel():
+                raise ValueError(
+                    f"the plan keeps {int(counts[name])} channels of group {name!r}, but the network has only "
+                    f"{idx.numel()} left (keep=): a plan for a network pruned before must prune it further"
+                )
+            alive[name] = idx
+        return alive
 
     # -- what a subclass provides ---------------------------------------------------------------------------
     def prepare(self) -> nn.Module:
@@ -150,7 +172,7 @@ class Method:
     def finalize(self, model: nn.Module | None = None) -> nn.Module:
         """The trained network with the pruned channels physically removed, at exactly the plan's counts."""
         model = self.model if model is None else model
-        keep = self.final_keep(model)
+        keep = self.final = self.final_keep(model)
         return self.space.over(model.state_dict()).build(keep)
 
     # -- checkpoints --------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Trained:
 
     model: nn.Module
     record: dict[str, Any] = field(default_factory=dict)
+    #: The channels the network kept, per pruned group (indices into the space's model).
+    keep: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def run(
@@ -172,7 +174,7 @@ def run(
         record["test_one_shot"] = score(trainer.one_shot())["accuracy"]
         record["test"] = score(pruned)["accuracy"]
     pruned.eval()
-    return Trained(pruned, record)
+    return Trained(pruned, record, dict(getattr(trainer, "final", {})))
 
 
 def _cosine_phases(restarts: list[int], total: int) -> Any:

@@ -21,6 +21,15 @@ from autoprune.evaluators import AccuracyEvaluator
 # Small settings for the strategies that need them; tests/test_strategies.py passes the same.
 OPTIONS = {
     "netadapt": {"initial_reduction": 0.1},
+    "autocompress": {
+        "rounds": 2,
+        "round_trials": 2,
+        "admm_steps": 6,
+        "finetune_steps": 4,
+        "batch_size": 32,
+        "checkpoint_every": 2,
+        "annealing": {"calibration_moves": 1},
+    },
     "metapruning": {
         "train_steps": 20,
         "checkpoint_every": 5,

@@ -300,17 +300,7 @@ class NetAdapt(Strategy):
         from optuna.artifacts import upload_artifact
 
         base, keep = self._pending
-        indices = base.parameter_indices(keep)
-        state = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
-        for name, value in model.state_dict().items():
-            dims = indices.get(name)
-            if not dims:
-                state[name] = value.detach().clone()
-                continue
-            grids = torch.meshgrid(
-                *[dims.get(d, torch.arange(state[name].shape[d])) for d in range(value.dim())], indexing="ij"
-            )
-            state[name][grids] = value.detach()
+        state = base.scatter(keep, model)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = Path(tmp) / f"netadapt_trial_{trial.number}.pt"
