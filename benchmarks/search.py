@@ -3,6 +3,7 @@
     python benchmarks/search.py [--trials 60] [--budget 0.5]
                                 [--strategies uniform,random,tpe,sa,amc,metapruning,netadapt]
                                 [--long-trials 300] [--long-budgets 0.5,0.3] [--jobs 2] [--metapruning-steps 300]
+                                [--long-strategies uniform,random,tpe,sa,amc,metapruning,autocompress]
 
 The model is the pretrained zoo ResNet-20 on Fashion-MNIST. Every candidate is
 scored the same way (adaptive-BN recalibration on 10 x 128 training images, top-1
@@ -21,7 +22,8 @@ the ``search`` section of BENCHMARKS.md.
 The same invocation then gives every strategy but NetAdapt ``--long-trials``
 evaluations (long enough for AMC's agent to learn after its warm-up) at each of
 ``--long-budgets`` and writes the ``search-long`` section, with AMC's warm-up and
-learning phases compared. Every search and fine-tune is one job in a pool of
+learning phases compared; AutoCompress runs 3 rounds whose candidates fill the evaluations, and its training
+steps are reported in its row (not counted as evaluations). Every search and fine-tune is one job in a pool of
 ``--jobs`` worker processes, one thread each. Each finished job is recorded in
 ``--results`` (``benchmarks/results/search/``: its numbers as JSON with the date and
 commit, and the network of a strategy that trains its own); an interrupted
@@ -89,12 +91,18 @@ def _evaluators(data: Any) -> tuple[AccuracyEvaluator, AccuracyEvaluator]:
     return search_eval, test_eval
 
 
-OWN_WEIGHTS = {"netadapt", "metapruning"}  # strategies whose trials score weights of their own, not the original's
+OWN_WEIGHTS = {"netadapt", "metapruning", "autocompress"}  # their trials score weights of their own
+ROUNDS = 3  # AutoCompress's rounds (its default): round_trials = evaluations / rounds - 1
 
 
-def _options(name: str, metapruning_steps: int) -> dict:
-    """The options a strategy runs with in this benchmark (its defaults, but MetaPruning's training length)."""
-    return {"train_steps": metapruning_steps} if name == "metapruning" else {}
+def _options(name: str, metapruning_steps: int, trials: int) -> dict:
+    """The options a strategy runs with in this benchmark (its defaults, but MetaPruning's training length and
+    AutoCompress's candidates per round, which fill the evaluations)."""
+    if name == "metapruning":
+        return {"train_steps": metapruning_steps}
+    if name == "autocompress":
+        return {"rounds": ROUNDS, "round_trials": trials // ROUNDS - 1}
+    return {}
 
 
 def _generations(done: list) -> list[dict]:
@@ -173,6 +181,13 @@ def run_search(
         result["test"], result["plan_test"] = test_eval(network)["accuracy"], plan_test
         result["network"] = f"{key}.pt"
         torch.save(network, Path(folder) / result["network"])
+    if name == "autocompress":
+        rounds = [t.user_attrs["autocompress_result"] for t in study.trials if "autocompress_result" in t.user_attrs]
+        result["steps"] = sum(r["training"]["steps"] for r in rounds)
+        result["rounds"] = [
+            {"steps": r["training"]["steps"], "seconds": r["training"]["seconds"], "macs": space.macs(r["plan"])}
+            for r in rounds
+        ]
     if name == "netadapt":
         feasible = [n for n, t in enumerate(done, 1) if all(c <= 0 for c in t.constraints.values())]
         result["first_feasible"] = feasible[0] if feasible else None
@@ -221,7 +236,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="uniform,random,tpe,sa,amc,metapruning,netadapt")
     parser.add_argument("--long-trials", type=int, default=300)
     parser.add_argument("--long-budgets", default="0.5,0.3")
-    parser.add_argument("--long-strategies", default="uniform,random,tpe,sa,amc,metapruning")
+    parser.add_argument("--long-strategies", default="uniform,random,tpe,sa,amc,metapruning,autocompress")
     parser.add_argument(
         "--metapruning-steps",
         type=int,
@@ -268,7 +283,7 @@ def main() -> None:
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
 
     def search_job(section: str, name: str, budget: float, trials: int):
-        options = _options(name, args.metapruning_steps)
+        options = _options(name, args.metapruning_steps, trials)
         trials = 1 if name == "uniform" else trials
         key = f"{section}-{name}-{budget}-{trials}"
         if name == "metapruning":
@@ -458,8 +473,11 @@ def _long_section(results: list[dict], tuned: dict[str, float | None], args: arg
             overhead = (r["seconds"] - r["eval_seconds"]) / max(r["evaluations"], 1) * 1e3
             after = tuned.get(f"{r['name']}@{b}")
             after = "—" if after is None else f"{after:.2%}" + (" (its plan)" if r["name"] == "metapruning" else "")
+            label = r["name"]
+            if r["name"] == "autocompress":
+                label += f" ({len(r['rounds'])} rounds; {r['steps']} training steps of 128 images, not counted)"
             lines.append(
-                f"| {b:.0%} | {r['name']} | {r['evaluations']} | {r['val']:.2%} | {r['test']:.2%} | {du} | {dr} | "
+                f"| {b:.0%} | {label} | {r['evaluations']} | {r['val']:.2%} | {r['test']:.2%} | {du} | {dr} | "
                 f"{after} | {r['macs'] / 1e6:.2f} | {r['params']:,} | {r['seconds']:.0f} s | {overhead:.0f} ms |"
             )
         amc = mine.get("amc")
@@ -477,10 +495,29 @@ def _long_section(results: list[dict], tuned: dict[str, float | None], args: arg
                     f"episodes a best of {learn['best']:.2%} (mean of the last 50: {learn['mean_last']:.2%})."
                 )
             verdicts.append(text)
+        auto = mine.get("autocompress")
+        if auto:
+            fair = {k: tuned[f"{k}@{b}"] for k in mine if k not in OWN_WEIGHTS and tuned.get(f"{k}@{b}") is not None}
+            best = max(fair, key=fair.get) if fair else None
+            text = (
+                f"- At {b:.0%}: AutoCompress's network, trained {auto['steps']} SGD steps over its "
+                f"{len(auto['rounds'])} rounds (ADMM, hard pruning, masked retraining), scores {auto['test']:.2%} "
+                "on test"
+            )
+            if best is not None:
+                verb = "more" if auto["test"] > fair[best] else "less"
+                text += (
+                    f": {verb} than the best one-shot row fine-tuned {steps} steps ({best}, {fair[best]:.2%}), with "
+                    f"{auto['steps'] / steps:.0f}x its training"
+                )
+            structure = tuned.get(f"autocompress@{b}")
+            if structure is not None:
+                text += f". Its structure from the original weights, fine-tuned {steps} steps: {structure:.2%}"
+            verdicts.append(text + ".")
         meta = mine.get("metapruning")
         if meta:
             verdicts.append(_metapruning_verdict(b, meta, mine))
-            fair = {k: tuned[f"{k}@{b}"] for k in mine if k != "metapruning" and tuned.get(f"{k}@{b}") is not None}
+            fair = {k: tuned[f"{k}@{b}"] for k in mine if k not in OWN_WEIGHTS and tuned.get(f"{k}@{b}") is not None}
             structure = tuned.get(f"metapruning@{b}")
             if fair:
                 best = max(fair, key=fair.get)
@@ -517,7 +554,7 @@ def _long_section(results: list[dict], tuned: dict[str, float | None], args: arg
 def _metapruning_verdict(budget: float, meta: dict, rows: dict[str, dict]) -> str:
     """MetaPruning against the other strategies at ``budget``: test accuracies, what the generator adds over the
     original weights, the training it spent and how its generations improved."""
-    others = {k: r["test"] for k, r in rows.items() if k not in ("metapruning", "uniform")}
+    others = {k: r["test"] for k, r in rows.items() if k not in (*OWN_WEIGHTS, "uniform")}
     beaten = [k for k, v in others.items() if meta["test"] - v > 0.01]
     below = [k for k, v in others.items() if v - meta["test"] > 0.01]
     level = [k for k in others if k not in beaten and k not in below]
