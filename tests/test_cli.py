@@ -152,9 +152,24 @@ def test_a_bad_study_file_names_line_key_and_allowed_values(tmp_path):
     assert run.returncode == 2
     text = " ".join(run.stdout.split())
     assert "line 11: budget.flops: unknown key; allowed keys here: macs, params" in text
-    available = "Available: amc, metapruning, netadapt, random, sa, tpe, uniform"
+    available = "Available: amc, autocompress, metapruning, netadapt, random, sa, tpe, uniform"
     assert f"line 12: strategy.name: unknown strategy 'annealing'. {available}" in text
     assert not (tmp_path / "tiny.db").exists()  # nothing ran
+
+
+def test_a_reconstructed_search_exports_the_network_it_scored(tmp_path):
+    study = tmp_path / "recon.yaml"
+    study.write_text(
+        STUDY.replace("study_name: tiny", "study_name: recon") + "reconstruct_batches: 2\nexport: {report: false}\n"
+    )
+    run = _cli("search", str(study), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr + run.stdout
+    card = json.loads((tmp_path / "out" / "recon" / "structure.json").read_text())
+    assert card["rescored"] == card["score"]  # rebuilt with the same least-squares refit, then scored again
+    import optuna
+
+    recorded = optuna.load_study(study_name="recon", storage=f"sqlite:///{tmp_path / 'recon.db'}").user_attrs
+    assert recorded["autoprune"]["reconstruct"] is True
 
 
 def test_every_shipped_study_file_validates():
