@@ -62,6 +62,23 @@ def test_the_environment_is_registered_and_passes_the_gymnasium_checker(space):
     check_env(paper, skip_render_check=True)
 
 
+def test_the_environment_scores_each_episode_reconstructed_when_asked(space):
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    batches = [x[:32], x[32:]]
+
+    def score(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(model.eval()(x).square().mean())
+
+    env = AMCEnv(space, score, BUDGET, reconstruct=batches)
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(np.array([0.5], dtype=np.float32))
+    assert info["score"] == score(space.apply(info["plan"], reconstruct=batches))
+    assert info["score"] != score(space.apply(info["plan"]))
+
+
 @pytest.mark.parametrize("budget", [ap.Budget(macs=0.5), ap.Budget(params=0.4), ap.Budget(macs=0.7, params=0.5)])
 def test_every_episode_of_a_random_policy_meets_the_budget(space, budget):
     limits = budget.targets(space)

@@ -228,6 +228,8 @@ class AMCEnv(gymnasium.Env):
     and ``reward`` (plus ``latency_ms`` with a latency budget, and the evaluator's
     extra metrics). With a budget, every finished episode meets it (see
     :class:`LayerWalk`); a latency budget uses ``latency_table`` (built when not given).
+    ``reconstruct``: calibration batches on which each episode's network is refitted by least squares before it
+    is scored, as AMC's own environment does (:meth:`PruningSpace.reconstruct`).
     """
 
     metadata = {"render_modes": []}
@@ -245,6 +247,7 @@ class AMCEnv(gymnasium.Env):
         calibration: Any = None,
         latency_table: LatencyTable | None = None,
         max_sparsity: float = 0.95,
+        reconstruct: Any = None,
     ) -> None:
         if not isinstance(space, PruningSpace):
             raise TypeError(f"space must be an autoprune.PruningSpace, got {type(space).__name__}")
@@ -256,6 +259,7 @@ class AMCEnv(gymnasium.Env):
         self.walk = LayerWalk(space, projector, lbound, state)
         self.space, self.evaluator, self.budget = space, evaluator, budget
         self.reward_kind, self.criterion, self.calibration = reward, criterion, calibration
+        self.reconstruct = reconstruct
         self.action_space = spaces.Box(np.float32(lbound), np.float32(1.0), shape=(1,), dtype=np.float32)
         low, high = self.walk.bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
@@ -271,7 +275,9 @@ class AMCEnv(gymnasium.Env):
         from ..evaluators import normalize_result
 
         plan = self.walk.plan
-        model: nn.Module = self.space.apply(plan, self.criterion, calibration=self.calibration)
+        model: nn.Module = self.space.apply(
+            plan, self.criterion, calibration=self.calibration, reconstruct=self.reconstruct
+        )
         score, extras = normalize_result(self.evaluator(model))
         costs = self.walk.projector.costs(plan)
         r = reward(self.reward_kind, score, costs["macs"], costs["params"])
