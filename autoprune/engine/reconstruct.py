@@ -181,7 +181,8 @@ def _original_outputs(
             )
             y = _sample_outputs(m, out.detach(), where.to(out.device))
             keep = indices.get(f"{name}.weight", {}).get(0)
-            outputs[name].append((y if keep is None else y[:, keep.to(y.device)]).double())
+            # float32 is the outputs' own precision (or more): stored so, solved in float64
+            outputs[name].append((y if keep is None else y[:, keep.to(y.device)]).float())
 
         return record
 
@@ -232,7 +233,7 @@ def _refit(
         xs = _sample_inputs(module, x, where.to(x.device)).double().reshape(-1, groups, per_group)
         if bias:
             xs = torch.cat([xs, xs.new_ones(xs.shape[0], groups, 1)], dim=2)
-        ys = y.reshape(-1, groups, n_out // groups)
+        ys = y.double().reshape(-1, groups, n_out // groups)
         gram.add_(torch.einsum("ngi,ngj->gij", xs, xs))
         cross.add_(torch.einsum("ngi,ngo->gio", xs, ys))
         energy.add_((ys * ys).sum())
