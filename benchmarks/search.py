@@ -543,7 +543,7 @@ def _long_section(results: list[dict], tuned: dict[str, float | None], args: arg
         "",
         "Overhead per trial = (wall time − the evaluations' own time, model building included) / evaluations: "
         "the proposal (AMC: the episode, the agent's updates, saving it; MetaPruning: its PruningNet training, "
-        "spread over its evaluations) and the SQLite round trips; "
+        "AutoCompress: its three rounds of training, spread over their evaluations) and the SQLite round trips; "
         "see also the overhead section.",
         "",
         *verdicts,
