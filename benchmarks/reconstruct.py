@@ -120,7 +120,8 @@ def section(rows: list[dict], base: float) -> str:
         "without reconstruction (adaptive BN only), so they are not the plans a search with `reconstruct_batches`",
         "would pick. LASSO selection itself takes " + f"{lasso:.1f} s per candidate (its scores depend on the data,",
         "so they are computed for each one); scoring a candidate in the search benchmark takes about 1.4 s.",
-        "Measured on " + ", ".join(sorted({r["measured"]["date"] + " at " + r["measured"]["commit"] for r in rows}))
+        "Measured on "
+        + ", ".join(sorted({r["measured"]["date"] + " at " + r["measured"]["commit"] for r in rows}))
         + " (another process ran on the second core).",
     ]
     return "\n".join(lines)
