@@ -66,11 +66,6 @@ def is_duplicate(trials: list[optuna.trial.FrozenTrial], trial_id: int) -> bool:
     return bool(batch) and _winner(trials, batch["key"]) != batch["token"]
 
 
-def is_queued(trial: optuna.trial.FrozenTrial) -> bool:
-    """True if the trial was an enqueued proposal (not sampled)."""
-    return attrs.BATCH in trial.user_attrs
-
-
 def batch_key(t: optuna.trial.FrozenTrial) -> str | None:
     batch = t.user_attrs.get(attrs.BATCH)
     return batch.get("key") if isinstance(batch, dict) else None
