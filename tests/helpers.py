@@ -119,6 +119,31 @@ def start_search(
     )
 
 
+def kill_when(url: str, n_trials: int, strategy: str, options: Any, condition: Any) -> None:
+    """Start the search script and SIGKILL it as soon as ``condition()`` holds (polled; an exception counts as
+    not yet, e.g. while the study is not created). The test waits on that condition, never on time."""
+    import signal
+    import time
+
+    import pytest
+
+    proc = start_search(url, n_trials, strategy=strategy, options=options)
+    deadline = time.time() + 900  # a guard against a hung search, not a speed limit
+    while time.time() < deadline:
+        try:
+            if condition():
+                break
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail(f"the {strategy} search never reached the point to kill it at")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 def kill_mid_trial(url: str, n_trials: int, pause: float, strategy: str, completed: int, options: Any = None) -> None:
     """Start the search script and SIGKILL it inside the evaluation of the trial after ``completed`` done ones.
 

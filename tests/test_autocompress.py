@@ -6,13 +6,10 @@ here run tests/scripts/search_digits.py (a tiny ResNet on scikit-learn's digits,
 
 from __future__ import annotations
 
-import signal
-import time
-
 import optuna
 import pytest
 import torch
-from helpers import kill_mid_trial, run_search, start_search
+from helpers import kill_mid_trial, kill_when, run_search
 from optuna.trial import TrialState
 
 import autoprune as ap
@@ -106,24 +103,11 @@ def test_every_round_meets_its_target_and_the_last_network_is_physically_smaller
 def _kill_in_training(url: str) -> None:
     """SIGKILL the search once round 1's training has written a checkpoint (about 200 steps before it ends: the
     kill lands inside it whatever the machine's speed)."""
-    proc = start_search(url, N_TRIALS, strategy="autocompress", options=OPTIONS)
-    deadline = time.time() + 900  # a guard against a hung search, not a speed limit
-    folder = None
-    while time.time() < deadline:
-        if folder is None:
-            try:
-                folder = artifact_dir(_study(url))
-            except Exception:  # noqa: BLE001 - the study is not created yet
-                pass
-        if folder is not None and list(folder.glob("autocompress-*-round0.ckpt")):
-            break
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("the training made no checkpoint")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+
+    def checkpointed() -> bool:
+        return any(artifact_dir(_study(url)).glob("autocompress-*-round0.ckpt"))
+
+    kill_when(url, N_TRIALS, "autocompress", OPTIONS, checkpointed)
 
 
 def test_a_search_killed_in_any_phase_resumes_to_the_same_result(tmp_path, whole) -> None:

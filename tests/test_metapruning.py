@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import kill_mid_trial, run_search, start_search
+from helpers import kill_mid_trial, kill_when, run_search, start_search
 from optuna.trial import TrialState
 from torch import nn
 
@@ -269,25 +269,12 @@ def whole(tmp_path_factory) -> str:
 def _kill_in_training(url: str) -> None:
     """SIGKILL the search once a checkpoint of the first half of training is saved (so the kill lands in the
     training, whatever the machine's speed: the other half takes 20 steps, the kill a few milliseconds)."""
-    import signal
-    import time
 
-    proc = start_search(url, N_TRIALS, strategy="metapruning", options=OPTIONS)
-    deadline = time.time() + 900  # a guard against a hung search, not a speed limit
-    while time.time() < deadline:
-        try:
-            saved = _study(url).user_attrs.get(NET, [])
-        except Exception:  # noqa: BLE001 - the study is not created yet
-            saved = []
-        if saved and saved[0]["step"] <= OPTIONS["train_steps"] // 2:
-            break
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("the training made no checkpoint")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    def first_half_saved() -> bool:
+        saved = _study(url).user_attrs.get(NET, [])
+        return bool(saved) and saved[0]["step"] <= OPTIONS["train_steps"] // 2
+
+    kill_when(url, N_TRIALS, "metapruning", OPTIONS, first_half_saved)
 
 
 def test_a_search_killed_in_training_or_in_evolution_resumes_to_the_same_result(tmp_path, whole):
