@@ -527,3 +527,43 @@ def test_level_prunes_single_weights_to_the_planned_sparsity_and_saves_masked_an
         training.get("level", space, 0.5, total_steps=10, scope="network")
     one_shot = training.get("level", space, 0.5, total_steps=10, schedule="one_shot")
     assert all(abs(s - 0.5) < 0.01 for s in level.sparsity(one_shot.model).values())
+
+
+def test_level_with_a_2_4_pattern_keeps_two_of_every_four_inputs_through_training(digits, tmp_path) -> None:
+    from autoprune.training import level
+
+    weight = torch.tensor([[0.1, -0.9, 0.3, 0.2, 5.0, 4.0, -6.0, 0.0]])
+    assert level.pattern_mask(weight, 2, 4).tolist() == [[0, 1, 1, 0, 1, 0, 1, 0]]  # |-0.9|, 0.3; |-6|, 5
+    conv = torch.randn(3, 8, 2, 2)  # groups of 4 run along the input channels at each kernel position
+    mask = level.pattern_mask(conv, 2, 4)
+    assert mask.shape == conv.shape and (mask.sum(dim=1) == 4).all()
+    kept = mask[0, :4, 1, 0].bool()
+    assert set(conv[0, :4, 1, 0].abs()[kept].tolist()) == set(conv[0, :4, 1, 0].abs().topk(2).values.tolist())
+
+    train, val = digits
+    space = small_space()
+    method = training.get("level", space, 0.5, total_steps=20, pattern="2:4")
+    assert "conv1.weight" not in method.sparsity  # its one input cannot be cut into fours
+    assert set(method.sparsity) == {f"{n}.weight" for n in level.prunable_layers(space.model)} - {"conv1.weight"}
+    user_loop(method, train, 20)
+    model = method.finalize()
+    modules = dict(model.named_modules())
+    for name in method.sparsity:
+        w = modules[name[: -len(".weight")]].weight.detach().movedim(1, -1).reshape(-1, 4)
+        assert ((w != 0).sum(dim=1) <= 2).all(), name  # the pattern held through 20 steps of training
+    assert level._is_2_4(modules["fc"].weight) and not level._is_2_4(modules["conv1"].weight.flatten(1))
+    torch.save(model.state_dict(), tmp_path / "masked.pt")
+    back = level.load_masked(small_space().model, torch.load(tmp_path / "masked.pt", weights_only=True)).eval()
+    with torch.no_grad():
+        assert torch.equal(back(val[0][:32]), model.eval()(val[0][:32]))
+    with pytest.raises(ValueError, match="CUDA GPUs only"):
+        level.to_semi_structured(model)
+
+    with pytest.raises(ValueError, match="'N:M' with 0 < N < M"):
+        training.get("level", space, 0.5, total_steps=10, pattern="4:2")
+    with pytest.raises(ValueError, match="set once on the trained weights"):
+        training.get("level", space, 0.5, total_steps=10, pattern="2:4", schedule="agp")
+    with pytest.raises(ValueError, match="zeroes 0.5 of every layer it prunes; the plan gives 'fc' 0.3"):
+        training.get("level", space, {"fc": 0.3}, total_steps=10, pattern="2:4")
+    with pytest.raises(ValueError, match="'conv1' has 1 inputs, not a multiple of 4"):
+        training.get("level", space, {"conv1": 0.5}, total_steps=10, pattern="2:4")

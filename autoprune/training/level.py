@@ -9,6 +9,14 @@ all of them. ``scope="layer"`` zeroes exactly that fraction of each layer's smal
 follows AGP's cubic schedule over [``start``, ``end``] (``schedule="agp"``) or happens once before training
 (``"one_shot"``); masks are HARD, so a pruned weight stays zero.
 
+``pattern="2:4"`` (any ``"N:M"``) prunes semi-structured instead: of every M consecutive weights along a layer's
+input dimension (a Conv's input channels, at each kernel position) the N largest in magnitude stay, the sparsity
+NVIDIA's Ampere and later tensor cores run at twice the dense rate for 2:4 (Mishra et al., "Accelerating Sparse
+Deep Neural Networks", 2021). As in that paper's recipe the pattern is set once, on the trained weights, and the
+network is retrained with it fixed (``schedule`` is ``"one_shot"``); the plan lists the layers, each at the
+pattern's sparsity 1 − N/M. :func:`to_semi_structured` turns such Linear layers into
+``torch.sparse.SparseSemiStructuredTensor`` weights on a CUDA GPU.
+
 :meth:`Level.finalize` returns the trained network with the masks attached the way ``torch.nn.utils.prune`` does
 (``weight_orig`` and ``weight_mask`` in the state dict; the forward pass multiplies them), loadable into the same
 architecture with :func:`load_masked`; :func:`to_sparse_csr` / :func:`load_sparse_csr` store the pruned weights as
@@ -33,8 +41,9 @@ from .base import Keep, Method
 
 
 class Level(Method):
-    """Options: ``scope`` ("layer" or "global"), ``schedule`` ("agp" or "one_shot"), ``start``, ``end`` and
-    ``frequency`` (AGP's window and spacing, as :class:`~autoprune.training.agp.AGP`)."""
+    """Options: ``scope`` ("layer" or "global"), ``schedule`` ("agp" or "one_shot"; default "agp", "one_shot"
+    with a pattern), ``start``, ``end`` and ``frequency`` (AGP's window and spacing, as
+    :class:`~autoprune.training.agp.AGP`), ``pattern`` (None for unstructured, or "N:M", e.g. "2:4")."""
 
     name = "level"
     structured = False
@@ -46,20 +55,31 @@ class Level(Method):
         plan: Mapping[str, float] | float,
         *,
         scope: str = "layer",
-        schedule: str = "agp",
+        schedule: str | None = None,
         start: float = 0.0,
         end: float = 0.5,
         frequency: int | None = None,
+        pattern: str | None = None,
         **kw: Any,
     ) -> None:
+        self.pattern = parse_pattern(pattern)
+        if schedule is None:
+            schedule = "agp" if self.pattern is None else "one_shot"
+        if self.pattern is not None and (schedule != "one_shot" or scope != "layer"):
+            raise ValueError(
+                f"level: an {pattern} pattern is set once on the trained weights and kept while the network "
+                "retrains (schedule='one_shot', scope='layer'); it has no gradual or global form"
+            )
         if scope not in ("layer", "global"):
             raise ValueError(f"level's scope must be 'layer' or 'global', got {scope!r}")
         if schedule not in ("agp", "one_shot"):
             raise ValueError(f"level's schedule must be 'agp' or 'one_shot', got {schedule!r}")
         check_window("level", start, end, frequency)
         layers = prunable_layers(space.model)
-        if isinstance(plan, (int, float)) and not isinstance(plan, bool):
-            plan = {name: float(plan) for name in layers}
+        if isinstance(plan, (int, float)) and not isinstance(plan, bool):  # every layer that can take it
+            group = self.pattern[1] if self.pattern else 1
+            fits = [n for n in layers if space.model.get_submodule(n).weight.shape[1] % group == 0]
+            plan = {name: float(plan) for name in fits}
         if not isinstance(plan, Mapping) or not plan:
             raise ValueError("level's plan maps layer names to element sparsities, or is one number for all layers")
         for layer, sparsity in plan.items():
@@ -70,6 +90,8 @@ class Level(Method):
                 )
             if not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
                 raise ValueError(f"level: the sparsity of {layer!r} must be a number in [0, 1), got {sparsity!r}")
+            if self.pattern is not None:
+                check_pattern(layer, space.model.get_submodule(layer).weight, self.pattern, sparsity)
         super().__init__(space, {}, **kw)  # no channel is removed
         self.sparsity = {f"{layer}.weight": float(s) for layer, s in plan.items()}
         self.scope, self.schedule = scope, schedule
@@ -82,6 +104,8 @@ class Level(Method):
         """0/1 masks zeroing ``share`` of each layer's planned sparsity, on the smallest |w| (already pruned
         weights first, so a mask only grows)."""
         params = dict(model.named_parameters())
+        if self.pattern is not None:
+            return {name: pattern_mask(params[name], *self.pattern) for name in self.sparsity}
         score = {}
         for name in self.sparsity:
             w = params[name].detach().abs().float()
@@ -141,6 +165,76 @@ class Level(Method):
                 if name in masks:
                     p.mul_(masks[name])
         return copy_
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """``"N:M"`` as ``(N, M)`` (0 < N < M), or None."""
+    if pattern is None:
+        return None
+    try:
+        n, m = (int(part) for part in str(pattern).split(":"))
+    except ValueError:
+        n = m = 0
+    if not 0 < n < m:
+        raise ValueError(f"level's pattern must be 'N:M' with 0 < N < M, e.g. '2:4'; got {pattern!r}")
+    return n, m
+
+
+def check_pattern(layer: str, weight: torch.Tensor, pattern: tuple[int, int], sparsity: float) -> None:
+    n, m = pattern
+    if abs(sparsity - (1 - n / m)) > 1e-9:
+        raise ValueError(
+            f"level: an {n}:{m} pattern zeroes {1 - n / m:g} of every layer it prunes; the plan gives {layer!r} "
+            f"{sparsity!r} (list the layers to prune at {1 - n / m:g}, or give that one number)"
+        )
+    if weight.shape[1] % m:
+        raise ValueError(
+            f"level: {layer!r} has {weight.shape[1]} inputs, not a multiple of {m}, so its weights cannot be cut "
+            f"into groups of {m} for an {n}:{m} pattern; leave it out of the plan"
+        )
+
+
+def pattern_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The 0/1 mask keeping the ``n`` largest |w| of every ``m`` consecutive weights along the input dimension
+    (dim 1; for a Conv, along the input channels at each kernel position)."""
+    w = weight.detach().abs().float().movedim(1, -1)  # (out, *kernel, in): groups run along the inputs
+    groups = w.reshape(-1, m)
+    mask = torch.zeros_like(groups).scatter_(1, groups.topk(n, dim=1).indices, 1.0)
+    return mask.reshape(w.shape).movedim(-1, 1).to(weight.dtype)
+
+
+def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """Give every Linear layer of ``model`` whose weight is 2:4 sparse (e.g. from ``level`` with
+    ``pattern="2:4"``, finalized) a ``torch.sparse.SparseSemiStructuredTensor`` weight, so its matrix products
+    run on the GPU's sparse tensor cores; ``model`` must be on a CUDA device, and is cast to ``dtype`` first
+    (float16 or bfloat16). Masks are folded into the weights. Other layers are left dense. The result is for
+    inference: save the dense (masked) network, and convert after loading it."""
+    from torch.sparse import to_sparse_semi_structured
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(
+            f"semi-structured (2:4) weights run on CUDA GPUs only (NVIDIA Ampere or later); the model is on "
+            f"{device}: move it with model.cuda() first, or keep the masked dense weights on a CPU"
+        )
+    for module in model.modules():
+        if prune.is_pruned(module):
+            prune.remove(module, "weight")
+    model.to(dtype)
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and _is_2_4(module.weight):
+            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+            converted += 1
+    if not converted:
+        raise ValueError("no Linear layer of the model has 2:4 sparse weights; prune with level's pattern='2:4'")
+    return model
+
+
+def _is_2_4(weight: torch.Tensor) -> bool:
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    return bool(((weight.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
