@@ -154,10 +154,10 @@ class Method:
         self.regularise(model)
         if self.hard and self._masks:
             params = dict(model.named_parameters())
-            for name, mask in self._masks.items():
+            for name in self._masks:
                 grad = params[name].grad
                 if grad is not None:
-                    grad.mul_(mask)
+                    grad.mul_(self.mask_for(name, params[name]))
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Right after ``optimizer.step()``: run the schedule (new masks at a pruning event), then apply the
@@ -226,13 +226,21 @@ class Method:
         """Zero the pruned channels in ``model``'s parameters and in ``optimizer``'s per-parameter state."""
         params = dict(model.named_parameters())
         with torch.no_grad():
-            for name, mask in self._masks.items():
+            for name in self._masks:
                 p = params[name]
+                mask = self.mask_for(name, p)
                 p.mul_(mask)
                 if optimizer is not None:
                     for value in optimizer.state.get(p, {}).values():
                         if isinstance(value, torch.Tensor) and value.shape == p.shape:
                             value.mul_(mask)
+
+    def mask_for(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        """Parameter ``name``'s mask on ``p``'s device (moved there once: a model trained on a GPU)."""
+        mask = self._masks[name]
+        if mask.device != p.device:
+            mask = self._masks[name] = mask.to(p.device)
+        return mask
 
     def masked(self) -> int:
         """How many channels the current masks remove in all."""
