@@ -223,7 +223,7 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
     model.to(dtype)
     converted = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) and _is_2_4(module.weight):
+        if isinstance(module, nn.Linear) and follows_pattern(module.weight):
             module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
             converted += 1
     if not converted:
@@ -231,10 +231,13 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
     return model
 
 
-def _is_2_4(weight: torch.Tensor) -> bool:
-    if weight.dim() != 2 or weight.shape[1] % 4:
+def follows_pattern(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """Whether at most ``n`` of every ``m`` consecutive weights along the input dimension are non-zero (the
+    grouping of :func:`pattern_mask`)."""
+    if weight.dim() < 2 or weight.shape[1] % m:
         return False
-    return bool(((weight.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
+    groups = weight.detach().movedim(1, -1).reshape(-1, m)
+    return bool(((groups != 0).sum(dim=1) <= n).all())
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
