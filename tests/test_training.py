@@ -491,6 +491,9 @@ def test_level_prunes_single_weights_to_the_planned_sparsity_and_saves_masked_an
     for earlier, later in zip(zeros, zeros[1:]):
         assert all(later[n] >= earlier.get(n, 0) for n in later)  # HARD: a pruned weight never comes back
     model = method.finalize()
+    fresh = training.get("level", space, plan, total_steps=20, scope=scope, end=0.5, frequency=2).one_shot()
+    after = method.one_shot()  # what run() records as the one-shot baseline: the original weights' own ranking
+    assert all(torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), after.state_dict().values()))
     reached = level.sparsity(model)
     modules = dict(model.named_modules())
     zero = {n: int((modules[n].weight == 0).sum()) for n in plan}

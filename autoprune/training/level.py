@@ -100,17 +100,20 @@ class Level(Method):
             self._masks = self.magnitude_masks(self.model, 1.0)
             self.apply_masks(self.model)
 
-    def magnitude_masks(self, model: nn.Module, share: float) -> dict[str, torch.Tensor]:
-        """0/1 masks zeroing ``share`` of each layer's planned sparsity, on the smallest |w| (already pruned
-        weights first, so a mask only grows)."""
+    def magnitude_masks(
+        self, model: nn.Module, share: float, pruned: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """0/1 masks zeroing ``share`` of each layer's planned sparsity, on the smallest |w|, the weights that
+        ``pruned`` (the current masks by default) already zeroes first, so that a mask only grows."""
+        pruned = self._masks if pruned is None else pruned
         params = dict(model.named_parameters())
         if self.pattern is not None:
             return {name: pattern_mask(params[name], *self.pattern) for name in self.sparsity}
         score = {}
         for name in self.sparsity:
             w = params[name].detach().abs().float()
-            if name in self._masks:
-                w = torch.where(self._masks[name] > 0, w, torch.full_like(w, -1.0))
+            if name in pruned:
+                w = torch.where(pruned[name] > 0, w, torch.full_like(w, -1.0))
             score[name] = w
         out = {}
         if self.scope == "global":
@@ -157,9 +160,10 @@ class Level(Method):
         return model
 
     def one_shot(self) -> nn.Module:
-        """The original network with every layer's planned sparsity zeroed at once."""
+        """The original network with every layer's planned sparsity zeroed at once (on its own weights alone,
+        whatever the training has masked since)."""
         copy_ = copy.deepcopy(self.space.model)
-        masks = self.magnitude_masks(copy_, 1.0)
+        masks = self.magnitude_masks(copy_, 1.0, pruned={})
         with torch.no_grad():
             for name, p in copy_.named_parameters():
                 if name in masks:
