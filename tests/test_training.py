@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import autoprune as ap
 from autoprune import training
@@ -560,6 +561,32 @@ def test_level_with_a_2_4_pattern_keeps_two_of_every_four_inputs_through_trainin
         assert torch.equal(back(val[0][:32]), model.eval()(val[0][:32]))
     with pytest.raises(ValueError, match="CUDA GPUs only"):
         level.to_semi_structured(model)
+
+    # Linear layers in the layout the GPU kernels take: torch's own CUTLASS packer (pure Python, what
+    # SparseSemiStructuredTensorCUTLASS.from_dense runs) stores a trained 2:4 weight exactly, a dense one not
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+    from torch.sparse._semi_structured_conversions import (
+        sparse_semi_structured_from_dense_cutlass as pack,
+    )
+    from torch.sparse._semi_structured_conversions import (
+        sparse_semi_structured_to_dense_cutlass as unpack,
+    )
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    method = training.get("level", ap.PruningSpace(mlp, torch.zeros(1, 1, 8, 8)), 0.5, total_steps=10, pattern="2:4")
+    user_loop(method, train, 10)
+    trained = method.finalize()
+    for weight, stored in ((trained[1].weight, True), (mlp[1].weight, False)):
+        half = weight.detach().half()
+        assert torch.equal(unpack(*pack(half)), half) is stored
+    assert level.follows_pattern(trained[3].weight)  # sparse, but 10 rows: no kernel takes it, so it stays dense
+    for backend in (SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS):
+        assert level.semi_structured_unfit((64, 64), torch.float16, backend) is None
+        assert "10 x 64" in level.semi_structured_unfit((10, 64), torch.float16, backend)
+    assert "multiple of 64" in level.semi_structured_unfit((64, 32), torch.bfloat16, SparseSemiStructuredTensorCUTLASS)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        level.to_semi_structured(trained, dtype=torch.float32)
 
     with pytest.raises(ValueError, match="'N:M' with 0 < N < M"):
         training.get("level", space, 0.5, total_steps=10, pattern="4:2")

@@ -211,28 +211,72 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
     """Give every Linear layer of ``model`` whose weight is 2:4 sparse (e.g. from ``level`` with
     ``pattern="2:4"``, finalized) a ``torch.sparse.SparseSemiStructuredTensor`` weight, so its matrix products
     run on the GPU's sparse tensor cores; ``model`` must be on a CUDA device, and is cast to ``dtype`` first
-    (float16 or bfloat16). Masks are folded into the weights. Other layers are left dense. The result is for
+    (float16 or bfloat16). Masks are folded into the weights. Other layers stay dense, and so does a 2:4 layer
+    whose shape the kernels cannot take (see :func:`semi_structured_unfit`; a warning names each, e.g. a
+    10-class head). The weights go to cuSPARSELt where this PyTorch has it, else to CUTLASS. The result is for
     inference: save the dense (masked) network, and convert after loading it."""
-    from torch.sparse import to_sparse_semi_structured
-
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"semi-structured weights are float16 or bfloat16 here, got dtype={dtype}")
     device = next(model.parameters()).device
     if device.type != "cuda":
         raise ValueError(
             f"semi-structured (2:4) weights run on CUDA GPUs only (NVIDIA Ampere or later); the model is on "
             f"{device}: move it with model.cuda() first, or keep the masked dense weights on a CPU"
         )
+    backend = semi_structured_backend()
     for module in model.modules():
         if prune.is_pruned(module):
             prune.remove(module, "weight")
     model.to(dtype)
-    converted = 0
-    for module in model.modules():
+    converted, dense = [], {}
+    for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and follows_pattern(module.weight):
-            module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
-            converted += 1
+            why = semi_structured_unfit(module.weight.shape, dtype, backend)
+            if why:
+                dense[name] = why
+                continue
+            weight = backend.from_dense(module.weight.detach().contiguous())
+            module.weight = nn.Parameter(weight, requires_grad=False)
+            converted.append(name)
     if not converted:
-        raise ValueError("no Linear layer of the model has 2:4 sparse weights; prune with level's pattern='2:4'")
+        reasons = "; ".join(f"{n}: {why}" for n, why in dense.items())
+        raise ValueError(
+            "no Linear layer of the model can be made semi-structured: "
+            + (reasons if reasons else "none has 2:4 sparse weights; prune with level's pattern='2:4'")
+        )
+    if dense:
+        warnings.warn(
+            "left dense (2:4 sparse, but a shape the kernels cannot take): "
+            + "; ".join(f"{n}: {why}" for n, why in dense.items()),
+            stacklevel=2,
+        )
     return model
+
+
+def semi_structured_backend() -> type:
+    """The ``SparseSemiStructuredTensor`` subclass this PyTorch converts to: cuSPARSELt where it was built with
+    it (``torch.sparse.to_sparse_semi_structured``'s default), else CUTLASS."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    if torch.backends.cusparselt.is_available():
+        return SparseSemiStructuredTensorCUSPARSELT
+    return SparseSemiStructuredTensorCUTLASS
+
+
+def semi_structured_unfit(shape: tuple[int, ...], dtype: torch.dtype, backend: type) -> str | None:
+    """Why a weight of ``shape`` and ``dtype`` cannot be a ``backend`` semi-structured tensor (its rows and
+    columns must each be a multiple of the backend's minimum for the dtype, from PyTorch's own table), or
+    None when it can."""
+    limits = backend._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+    if limits is None:
+        return f"{backend.__name__} has no {dtype} kernels"
+    rows, cols = shape
+    if rows % limits.sparse_min_rows or cols % limits.sparse_min_cols:
+        return (
+            f"its weight is {rows} x {cols}; {backend.__name__} needs rows a multiple of {limits.sparse_min_rows} "
+            f"and columns a multiple of {limits.sparse_min_cols} for {dtype}"
+        )
+    return None
 
 
 def follows_pattern(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
