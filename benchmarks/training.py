@@ -144,9 +144,8 @@ def main() -> None:
 
 
 def section(results: dict, chosen: dict, methods: list[str], args: argparse.Namespace) -> str:
-    base = AccuracyEvaluator(fashion_mnist_splits().test, bn_recalibration_batches=0)(
-        ap.zoo.pretrained("resnet20_fashion_mnist")
-    )["accuracy"]
+    test = fashion_mnist_splits().test
+    base = AccuracyEvaluator(test, bn_recalibration_batches=0)(ap.zoo.pretrained("resnet20_fashion_mnist"))["accuracy"]
     meta = PRETRAINED["resnet20_fashion_mnist"]
     space = ap.PruningSpace(ap.zoo.pretrained("resnet20_fashion_mnist"), torch.zeros(1, 1, 28, 28))
     dates = sorted({r["measured"]["date"] for r in results.values()})
@@ -200,10 +199,13 @@ def section(results: dict, chosen: dict, methods: list[str], args: argparse.Name
                 for m, kd in rows
                 if (m, kd) != ("finetune", False) and results[(m, which, kd)]["test"] <= baseline
             ]
+            noise = (baseline * (1 - baseline) / len(test)) ** 0.5 * 100
             lines += [
                 "",
                 f"Beat one-shot + fine-tune ({baseline:.2%}): {', '.join(better) or 'none'}. "
-                f"Did not: {', '.join(worse) or 'none'}.",
+                f"Did not: {', '.join(worse) or 'none'}. One standard error of a top-1 near {baseline:.2%} on "
+                f"{len(test)} images is {noise:.2f} points: a difference smaller than that is not one this test set "
+                "can tell.",
             ]
         lines.append("")
     searched = {(m, kd): r["test"] for (m, which, kd), r in results.items() if which == "searched"}
