@@ -514,6 +514,7 @@ def test_level_prunes_single_weights_to_the_planned_sparsity_and_saves_masked_an
     state = torch.load(tmp_path / "masked.pt", weights_only=True)
     assert any(k.endswith("weight_mask") for k in state) and any(k.endswith("weight_orig") for k in state)
     back = level.load_masked(small_space().model, state).eval()
+    assert level.sparsity(back) == reached  # its weights are the masked ones before any forward pass
     torch.save(level.to_sparse_csr(model), tmp_path / "csr.pt")
     csr = torch.load(tmp_path / "csr.pt", weights_only=True)
     assert csr["layer3.2.conv2.weight"].layout == torch.sparse_csr
@@ -581,6 +582,20 @@ def test_level_with_a_2_4_pattern_keeps_two_of_every_four_inputs_through_trainin
         half = weight.detach().half()
         assert torch.equal(unpack(*pack(half)), half) is stored
     assert level.follows_pattern(trained[3].weight)  # sparse, but 10 rows: no kernel takes it, so it stays dense
+
+    # the conversion's steps before the GPU, on the network as saved and loaded back (no forward pass between)
+    def fresh() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    torch.save(trained.state_dict(), tmp_path / "mlp.pt")
+    loaded = level.load_masked(fresh(), torch.load(tmp_path / "mlp.pt", weights_only=True)).eval()
+    fit, dense = level.semi_structured_layers(loaded, torch.float16, SparseSemiStructuredTensorCUSPARSELT)
+    assert fit == ["1"] and list(dense) == ["3"] and "10 x 64" in dense["3"]
+    assert level.semi_structured_layers(fresh(), torch.float16, SparseSemiStructuredTensorCUSPARSELT) == ([], {})
+    folded = level.fold_masks(loaded)
+    assert not level.masked_layers(folded) and isinstance(folded[1].weight, nn.Parameter)
+    with torch.no_grad():
+        assert torch.equal(folded(val[0][:32]), trained.eval()(val[0][:32]))
     for backend in (SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS):
         assert level.semi_structured_unfit((64, 64), torch.float16, backend) is None
         assert "10 x 64" in level.semi_structured_unfit((10, 64), torch.float16, backend)

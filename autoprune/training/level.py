@@ -224,32 +224,41 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
             f"{device}: move it with model.cuda() first, or keep the masked dense weights on a CPU"
         )
     backend = semi_structured_backend()
-    for module in model.modules():
-        if prune.is_pruned(module):
-            prune.remove(module, "weight")
-    model.to(dtype)
-    converted, dense = [], {}
-    for name, module in model.named_modules():
+    fit, dense = semi_structured_layers(model, dtype, backend)
+    reasons = "; ".join(f"{n}: {why}" for n, why in dense.items())
+    if not fit:
+        raise ValueError(
+            "no Linear layer of the model can be made semi-structured: "
+            + (reasons or "none has 2:4 sparse weights; prune with level's pattern='2:4'")
+        )
+    if dense:
+        warnings.warn(f"left dense (2:4 sparse, but a shape the kernels cannot take): {reasons}", stacklevel=2)
+    fold_masks(model).to(dtype)
+    modules = dict(model.named_modules())
+    for name in fit:
+        weight = backend.from_dense(modules[name].weight.detach().contiguous())
+        modules[name].weight = nn.Parameter(weight, requires_grad=False)
+    return model
+
+
+def semi_structured_layers(model: nn.Module, dtype: torch.dtype, backend: type) -> tuple[list[str], dict[str, str]]:
+    """The Linear layers whose (masked) weights are 2:4 sparse: those ``backend`` can take at ``dtype``, and the
+    others with the reason (:func:`semi_structured_unfit`). Runs anywhere; the model is not changed."""
+    fit, dense = [], {}
+    for name, module in refresh_masked(model).named_modules():
         if isinstance(module, nn.Linear) and follows_pattern(module.weight):
             why = semi_structured_unfit(module.weight.shape, dtype, backend)
             if why:
                 dense[name] = why
-                continue
-            weight = backend.from_dense(module.weight.detach().contiguous())
-            module.weight = nn.Parameter(weight, requires_grad=False)
-            converted.append(name)
-    if not converted:
-        reasons = "; ".join(f"{n}: {why}" for n, why in dense.items())
-        raise ValueError(
-            "no Linear layer of the model can be made semi-structured: "
-            + (reasons if reasons else "none has 2:4 sparse weights; prune with level's pattern='2:4'")
-        )
-    if dense:
-        warnings.warn(
-            "left dense (2:4 sparse, but a shape the kernels cannot take): "
-            + "; ".join(f"{n}: {why}" for n, why in dense.items()),
-            stacklevel=2,
-        )
+            else:
+                fit.append(name)
+    return fit, dense
+
+
+def fold_masks(model: nn.Module) -> nn.Module:
+    """Make every masked layer's weight a plain parameter with its zeros (``torch.nn.utils.prune.remove``)."""
+    for module in masked_layers(model):
+        prune.remove(module, "weight")
     return model
 
 
@@ -314,6 +323,20 @@ def load_masked(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Modul
                 raise ValueError(f"the state dict masks {layer!r}, which this model does not have")
             prune.identity(modules[layer], "weight")
     model.load_state_dict(state)
+    return refresh_masked(model)
+
+
+def masked_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules whose own ``weight`` carries a ``torch.nn.utils.prune`` mask (``prune.is_pruned`` is true of
+    their containers too)."""
+    return [m for m in model.modules() if "weight_orig" in m._parameters and hasattr(m, "weight_mask")]
+
+
+def refresh_masked(model: nn.Module) -> nn.Module:
+    """Set every masked layer's ``weight`` to ``weight_orig × weight_mask`` now, as ``torch.nn.utils.prune`` does
+    only at the next forward pass (after loading a state dict, ``weight`` still holds the values from before)."""
+    for module in masked_layers(model):
+        module.weight = module.weight_orig * module.weight_mask
     return model
 
 
