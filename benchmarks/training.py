@@ -40,6 +40,7 @@ from autoprune.evaluators import AccuracyEvaluator
 from autoprune.zoo.pretrained import PRETRAINED
 
 METHODS = ["finetune", "agp", "slim", "sfp", "fpgm", "taylor", "imp", "admm", "scratch_e", "scratch_b"]
+PLANS = ["searched", "uniform"]
 SCRATCH_LR = 0.1
 LR = 0.01
 SEARCHES = ROOT / "benchmarks" / "results" / "search"
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--plans", default="searched,uniform", help="which plans to train: searched, uniform")
+    parser.add_argument("--plans", default=",".join(PLANS), help=f"which plans to train, of {', '.join(PLANS)}")
     parser.add_argument("--section", default="training", help="the BENCHMARKS.md section to write")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "training"))
     parser.add_argument("--no-write", action="store_true")
@@ -108,9 +109,9 @@ def main() -> None:
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
     wanted = [p for p in args.plans.split(",") if p]
+    if not wanted or set(wanted) - set(PLANS):
+        raise SystemExit(f"--plans takes a comma-separated subset of {', '.join(PLANS)}, got {args.plans!r}")
     chosen = plans(args.budget)
-    if not wanted or set(wanted) - set(chosen):
-        raise SystemExit(f"--plans takes a comma-separated subset of {', '.join(chosen)}, got {args.plans!r}")
     chosen = {which: chosen[which] for which in wanted}
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
 
@@ -153,7 +154,7 @@ def section(results: dict, chosen: dict, methods: list[str], args: argparse.Name
     command = f"python benchmarks/training.py --budget {args.budget} --steps {args.steps}"
     for flag, value, default in (
         ("--methods", args.methods, ",".join(METHODS)),
-        ("--plans", args.plans, "searched,uniform"),
+        ("--plans", args.plans, ",".join(PLANS)),
         ("--section", args.section, "training"),
     ):
         command += f" {flag} {value}" if value != default else ""
